@@ -1,0 +1,124 @@
+"""Adapter files: the trained weights (adapters + head) in safetensors, config as metadata.
+
+safetensors holds tensors only, so loading a file runs no code. A file names the backbone it
+was trained on; loading it onto another backbone, depth, width or config is refused before
+any weight is touched, never a silent partial load.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+
+from .api import apply, state_of, trainable_named_parameters
+from .config import SparseTuningConfig
+from .patch import check_supported
+
+FORMAT = "sparse-tuning-adapters/1"
+# Config fields that change what the adapters compute: they must match on load. keep_rate is
+# the runtime knob and is left as the model has it.
+RUNTIME_FIELDS = ("keep_rate",)
+
+
+def backbone_signature(model: nn.Module) -> dict[str, Any]:
+    """What an adapter file must agree with: shapes that adapters and head depend on."""
+    base = type(model)
+    if getattr(model, "sparse_tuning", None) is not None:
+        base = base.__mro__[1]  # the class before Sparse-Tuning's subclass
+    return {
+        "class": base.__name__,
+        "embed_dim": int(model.embed_dim),
+        "depth": len(model.blocks),
+        "num_heads": int(model.blocks[0].attn.num_heads),
+        "num_prefix_tokens": int(model.num_prefix_tokens),
+        "num_classes": int(model.num_classes),
+    }
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_adapters(model: nn.Module, path: str | os.PathLike) -> None:
+    """Save the trainable weights (adapters + head) and the config to a safetensors file."""
+    st = state_of(model)
+    tensors = {name: p.detach().cpu().contiguous() for name, p in trainable_named_parameters(model)}
+    metadata = {
+        "format": FORMAT,
+        "config": st.config.to_json(),
+        "backbone": json.dumps(backbone_signature(model), sort_keys=True),
+    }
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def read_adapter_metadata(path: str | os.PathLike) -> tuple[SparseTuningConfig, dict[str, Any]]:
+    """(config, backbone signature) of an adapter file, without loading its tensors."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"adapter file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a safetensors file: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a Sparse-Tuning adapter file (format {meta.get('format')!r}, "
+                         f"expected {FORMAT!r})")
+    return SparseTuningConfig.from_dict(json.loads(meta["config"])), json.loads(meta["backbone"])
+
+
+def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load an adapter file onto a backbone; returns the model.
+
+    A plain timm ViT gets Sparse-Tuning applied with the file's config first. A model that
+    already has it must have the same config (keep_rate aside) and the same backbone shape.
+    """
+    config, backbone = read_adapter_metadata(path)
+    applied = getattr(model, "sparse_tuning", None) is not None
+    if not applied:
+        check_supported(model)
+    mine = backbone_signature(model)
+    diff = [f"{k}: file {backbone[k]!r}, model {mine.get(k)!r}" for k in backbone if backbone[k] != mine.get(k)]
+    if diff:
+        raise ValueError(f"{path} was saved for another backbone: " + "; ".join(diff))
+    if applied:
+        current, saved = state_of(model).config.to_dict(), config.to_dict()
+        diff = [f"{k}: file {saved[k]!r}, model {current[k]!r}"
+                for k in saved if k not in RUNTIME_FIELDS and saved[k] != current[k]]
+        if diff:
+            raise ValueError(f"{path} was saved with another Sparse-Tuning config: " + "; ".join(diff))
+    else:
+        apply(model, config)
+    tensors = load_file(str(path))
+    params = dict(trainable_named_parameters(model))
+    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match this model's trainable weights: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [f"{k}: file {tuple(t.shape)}, model {tuple(params[k].shape)}"
+             for k, t in tensors.items() if t.shape != params[k].shape]
+    if wrong:
+        raise ValueError(f"{path} has weights of other shapes: " + "; ".join(wrong[:5]))
+    with torch.no_grad():
+        for name, t in tensors.items():
+            params[name].copy_(t)
+    return model

@@ -1,0 +1,68 @@
+"""The public entry points: apply Sparse-Tuning, read what it kept, count parameters."""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+
+from .config import SparseTuningConfig
+from .patch import SparseTuningState, patch_vit
+
+
+def apply(model: nn.Module, config: Optional[SparseTuningConfig] = None) -> nn.Module:
+    """Turn a timm ViT into a Sparse-Tuning model, in place; returns the model.
+
+    The backbone is frozen; the Dense Adapters and the classifier head train. Backbone
+    state-dict keys are unchanged, so timm checkpoints still load into it.
+    """
+    config = SparseTuningConfig() if config is None else config
+    if not isinstance(config, SparseTuningConfig):
+        raise ValueError(f"config must be a SparseTuningConfig, got {type(config).__name__}")
+    config.validate()
+    patch_vit(model, config)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in trainable_parameters(model):
+        p.requires_grad_(True)
+    return model
+
+
+def state_of(model: nn.Module) -> SparseTuningState:
+    st = getattr(model, "sparse_tuning", None)
+    if not isinstance(st, SparseTuningState):
+        raise ValueError("Sparse-Tuning is not applied to this model; call sparse_tuning.apply(model) first")
+    return st
+
+
+def classifier_modules(model: nn.Module) -> list[nn.Module]:
+    """The classification head(s): DeiT's distilled models have two."""
+    heads = model.get_classifier()
+    return list(heads) if isinstance(heads, (tuple, list)) else [heads]
+
+
+def trainable_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """What Sparse-Tuning trains, declared: every block's adapter and the classifier head(s)."""
+    state_of(model)
+    wanted = {id(p) for blk in model.blocks if blk.adapter is not None for p in blk.adapter.parameters()}
+    wanted |= {id(p) for head in classifier_modules(model) for p in head.parameters()}
+    for name, p in model.named_parameters():
+        if id(p) in wanted:
+            yield name, p
+
+
+def trainable_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    return (p for _, p in trainable_named_parameters(model))
+
+
+def kept_tokens(model: nn.Module) -> list[torch.Tensor]:
+    """After a forward: one LongTensor (B, k) per sparsification step, in original patch-grid
+    indices (row-major over the patch grid); a kept fused token is -1."""
+    return state_of(model).kept_tokens()
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

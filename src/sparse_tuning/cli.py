@@ -1,0 +1,137 @@
+"""The ``sparse-tuning`` command line. User mistakes print one line and exit 2, no traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+import torch
+
+from .api import apply, count_params
+from .config import SparseTuningConfig
+from .flops import flop_report
+from .patch import check_supported
+
+METHODS = ("sparse-tuning", "ts-only", "da-only", "dense")
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: printed as one line, exit status 2."""
+
+
+def build_model(name: str, img_size: Optional[int] = None, num_classes: Optional[int] = None,
+                device: str | torch.device = "meta", **kwargs):
+    """A timm model by name, without weights unless asked; meta device by default (no memory)."""
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else "; `timm.list_models('vit_*')` lists them"
+        raise UserError(f"unknown timm model {name!r}{hint}")
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    with torch.device(device):
+        return timm.create_model(name, **kwargs)
+
+
+def method_config(method: str, keep_rate: Optional[float], **fields) -> Optional[SparseTuningConfig]:
+    """The config a method name stands for; None for the plain (dense) model."""
+    if method in ("dense", "da-only") and keep_rate is not None:
+        raise UserError(f"--keep-rate does not apply to --method {method} (it keeps every token)")
+    if method == "dense":
+        return None
+    if method == "da-only":
+        keep_rate = 1.0
+    kw = {} if keep_rate is None else {"keep_rate": keep_rate}
+    return SparseTuningConfig(adapters=method != "ts-only", **kw, **fields)
+
+
+def _tokens_line(tokens: Sequence[tuple[int, int]]) -> str:
+    """'197 x3 | 197->140 | 140 x2 | ...': runs of equal blocks folded."""
+    parts: list[str] = []
+    i = 0
+    while i < len(tokens):
+        n_in, n_out = tokens[i]
+        if n_in != n_out:
+            parts.append(f"{n_in}->{n_out}")
+            i += 1
+            continue
+        j = i
+        while j < len(tokens) and tokens[j] == (n_in, n_in):
+            j += 1
+        parts.append(f"{n_in} x{j - i}" if j - i > 1 else f"{n_in}")
+        i = j
+    return " | ".join(parts)
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    fields = {"bottleneck": args.bottleneck}
+    if args.sparsify_at is not None:
+        fields["sparsify_at"] = tuple(int(i) for i in args.sparsify_at.split(",") if i)
+    if args.merge is not None:
+        fields["merge"] = args.merge
+    config = method_config(args.method, args.keep_rate, **fields)
+    model = build_model(args.model, args.img_size, args.num_classes)
+    check_supported(model)
+    size = (3, *model.patch_embed.img_size)
+    dense = flop_report(model, size).gflops
+    if config is not None:
+        apply(model, config)
+    report = flop_report(model, size)
+    total, trainable = count_params(model)
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "method": args.method, "img_size": list(size[1:]),
+            "config": None if config is None else model.sparse_tuning.config.to_dict(),
+            "gflops": report.gflops, "dense_gflops": dense,
+            "params_total": total, "params_trainable": trainable,
+            "tokens_per_block": [list(t) for t in report.tokens_per_block],
+        }))
+        return 0
+    print(f"model        {args.model} at {size[1]}x{size[2]}")
+    if config is not None:
+        st = model.sparse_tuning
+        print(f"method       {args.method}: keep_rate {config.keep_rate}, sparsify_at {st.sparsify_at}, "
+              f"merge {config.merge}" + (f", bottleneck {config.bottleneck}" if config.adapters else ""))
+    else:
+        print("method       dense (plain timm model)")
+    print(f"GFLOPs       {report.gflops:.2f}  ({100 * report.gflops / dense:.1f}% of dense {dense:.2f})")
+    print(f"parameters   {total:,} total, {trainable:,} trainable")
+    print(f"tokens       {_tokens_line(report.tokens_per_block)}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparse-tuning",
+        description="Sparse-Tuning for timm Vision Transformers: token sparsification + Dense Adapters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("flops", help="GFLOPs, parameters and tokens per block of a model (no weights needed)")
+    p.add_argument("--model", default="vit_base_patch16_224", help="timm model name (default: %(default)s)")
+    p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
+    p.add_argument("--method", choices=METHODS, default="sparse-tuning")
+    p.add_argument("--keep-rate", type=float, default=None, help="share of tokens kept per step (default 0.7)")
+    p.add_argument("--bottleneck", type=int, default=32, help="Dense Adapter width (default: %(default)s)")
+    p.add_argument("--sparsify-at", default=None, help="comma-separated 0-based blocks (default: 3,6,9 scaled)")
+    p.add_argument("--merge", choices=("mean", "sum", "drop"), default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_flops)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        print(f"sparse-tuning {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+import sparse_tuning as st
+
+
+def tiny_vit(**kw) -> VisionTransformer:
+    """A 12-block ViT on 32x32 images, patch 4 (64 patches), width 64: the paper's layout, tiny."""
+    args = dict(img_size=32, patch_size=4, embed_dim=64, depth=12, num_heads=4, num_classes=10)
+    args.update(kw)
+    torch.manual_seed(0)
+    return VisionTransformer(**args).eval()
+
+
+def randomize_adapters(model, std: float = 0.05, seed: int = 1) -> None:
+    """Give every adapter non-zero weights, as after training (a fresh `up` is zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in st.trainable_named_parameters(model):
+            if ".adapter." in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+@pytest.fixture
+def images():
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,63 @@
+"""The Dense Adapter's formula and its fusion variants on known weights."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparse_tuning import DenseAdapter
+
+
+def _inputs(n, B=2, N=5, C=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, N, C, generator=g) for _ in range(n)]
+
+
+def _fill(adapter, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+
+
+def test_fresh_adapter_adds_nothing():
+    a = DenseAdapter(8, 4, num_inputs=3)
+    assert torch.equal(a(_inputs(3)), torch.zeros(2, 5, 8))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_down_sum_formula(n):
+    a = DenseAdapter(8, 4, num_inputs=n)
+    _fill(a)
+    xs = _inputs(n)
+    h = sum(xs[i] @ a.down[i].weight.T + a.down[i].bias for i in range(n))
+    expected = F.relu(h) @ a.up.weight.T + a.up.bias
+    assert torch.allclose(a(xs), expected, atol=1e-5)
+
+
+def test_input_sum_formula():
+    a = DenseAdapter(8, 4, num_inputs=3, fusion="input-sum")
+    _fill(a)
+    xs = _inputs(3)
+    expected = F.relu((xs[0] + xs[1] + xs[2]) @ a.down.weight.T + a.down.bias) @ a.up.weight.T + a.up.bias
+    assert torch.allclose(a(xs), expected, atol=1e-5)
+
+
+def test_up_sum_formula():
+    a = DenseAdapter(8, 4, num_inputs=2, fusion="up-sum")
+    _fill(a)
+    xs = _inputs(2)
+    expected = sum(F.relu(xs[i] @ a.down[i].weight.T + a.down[i].bias) @ a.up[i].weight.T + a.up[i].bias
+                   for i in range(2))
+    assert torch.allclose(a(xs), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion,params", [
+    # d=8, b=4, 3 inputs: down (8*4+4) per input, up (4*8+8) once / shared down / per input
+    ("down-sum", 3 * 36 + 40), ("input-sum", 36 + 40), ("up-sum", 3 * (36 + 40)),
+])
+def test_parameter_counts(fusion, params):
+    assert sum(p.numel() for p in DenseAdapter(8, 4, 3, fusion).parameters()) == params
+
+
+def test_wrong_input_count_is_refused():
+    with pytest.raises(ValueError, match="takes 2 inputs"):
+        DenseAdapter(8, 4, num_inputs=2)(_inputs(3))
