@@ -1,0 +1,59 @@
+"""The command line: the flops report, JSON output, and user errors without a traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sparse_tuning.cli import main
+
+
+def run_json(capsys, *args):
+    assert main(["flops", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_flops_json_vit_b(capsys):
+    out = run_json(capsys, "--model", "vit_base_patch16_224")
+    assert round(out["gflops"], 2) == 11.75 and round(out["dense_gflops"], 2) == 17.58
+    assert out["params_total"] == 86_567_656 + 1_091_584
+    assert out["params_trainable"] == 1_091_584 + 768 * 1000 + 1000
+    assert out["tokens_per_block"][3] == [197, 140] and out["tokens_per_block"][-1] == [72, 72]
+
+
+@pytest.mark.parametrize("args,gflops", [
+    (["--method", "dense"], 17.58), (["--bottleneck", "8"], 11.66),
+    (["--method", "da-only"], 17.80), (["--method", "ts-only"], 11.62),
+])
+def test_flops_methods(capsys, args, gflops):
+    assert round(run_json(capsys, "--model", "vit_base_patch16_224", *args)["gflops"], 2) == gflops
+
+
+def test_flops_text_report(capsys):
+    assert main(["flops", "--model", "vit_base_patch16_224", "--keep-rate", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "197->100 | 100 x2 | 100->52" in out and "% of dense 17.58" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "not_a_model"], "unknown timm model"),
+    (["--model", "vit_base_patch16_224", "--img-size", "225"], "not divisible by the patch size"),
+    (["--keep-rate", "1.5"], "keep_rate"),
+    (["--method", "dense", "--keep-rate", "0.5"], "does not apply"),
+    (["--sparsify-at", "3,20"], "block 20 does not exist"),
+    (["--model", "vit_base_patch16_siglip_224"], "no class token"),
+])
+def test_user_errors_exit_2_with_one_line(capsys, args, message):
+    assert main(["flops", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_python_dash_m_works_like_the_script():
+    proc = subprocess.run([sys.executable, "-m", "sparse_tuning", "flops", "--model", "vit_tiny_patch16_224",
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["tokens_per_block"][3] == [197, 140]
+    proc = subprocess.run([sys.executable, "-m", "sparse_tuning", "flops", "--model", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
