@@ -234,3 +234,14 @@ def test_standalone_block_call_is_refused(images):
     model = st.apply(tiny_vit())
     with pytest.raises(RuntimeError, match="model.blocks"):
         model.blocks[0](torch.zeros(1, 65, 64))
+
+
+def test_torch_export_with_dynamic_batch(images):
+    """Token counts depend only on the input size, so the graph exports with a dynamic batch."""
+    model = st.apply(tiny_vit())
+    randomize_adapters(model)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(model, (images,), dynamic_shapes=({0: batch},)).module()
+    more = torch.randn(5, 3, 32, 32)
+    assert torch.allclose(exported(images), model(images), atol=1e-6)
+    assert torch.allclose(exported(more), model(more), atol=1e-6)

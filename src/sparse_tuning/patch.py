@@ -106,9 +106,9 @@ class SparseTuningBlock(Block):
         """
         if history is None or kwargs:
             raise RuntimeError(
-                "Sparse-Tuning blocks run only through model.blocks (a model forward): attention "
-                "masks, forward_intermediates and timm's set_grad_checkpointing bypass it; use "
-                "model.sparse_tuning.grad_checkpointing = True for activation checkpointing")
+                "Sparse-Tuning blocks run only through model.blocks (a model forward), which passes "
+                "the adapter outputs between them; attention masks and forward_intermediates are "
+                "not supported")
         st = self.st
         B, N, C = x.shape
         h = self.norm1(x)
@@ -125,7 +125,7 @@ class SparseTuningBlock(Block):
         out = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         if self.adapter is not None:
             a = self.adapter([x] + [history[-d] for d in self.st_dense_inputs])
-            out = out + st.config.scale * a
+            out = torch.add(out, a, alpha=st.config.scale)  # one pass, no scaled temporary
             # Keep only the outputs a later adapter will read (the latest max(dense_inputs)).
             keep = max(st.config.dense_inputs, default=0)
             history = (history + (a,))[-keep:] if keep else ()
@@ -150,8 +150,8 @@ class SparseTuningBlocks(nn.Sequential):
             else:
                 x, history, step = blk(x, history)
             tokens.append((n_in, x.shape[1]))
-            if blk.st_sparsify:
-                steps.append(step)
+            if blk.st_sparsify:  # kept for kept_tokens(): indices only, no autograd graph held
+                steps.append(None if step is None else step.detached())
         st.last_steps, st.last_tokens = steps, tokens
         st.last_num_patches, st.last_batch_size = N - st.num_prefix, B
         st.last_steps_device = x.device

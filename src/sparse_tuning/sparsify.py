@@ -18,6 +18,10 @@ class SparsifyStep(NamedTuple):
     keep_idx: Tensor                  # (B, k) kept non-prefix positions, ascending
     merge_weights: Optional[Tensor]   # (B, M) weight of each token in the fused one; 0 for kept; None: drop
 
+    def detached(self) -> "SparsifyStep":
+        w = self.merge_weights
+        return SparsifyStep(self.keep_idx, None if w is None else w.detach())
+
 
 def keep_count(keep_rate: float, num_tokens: int) -> int:
     """k = ceil(keep_rate * M), at least 1.

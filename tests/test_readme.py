@@ -1,0 +1,39 @@
+"""The README's quick start is what CI runs, and its figures come from committed benchmark files."""
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quick_start_commands():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", section)
+
+
+def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
+    main_job, tests = quick_start_commands()
+    assert "sparse-tuning" in main_job and "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci
+
+
+def test_readme_flops_figures_are_in_the_benchmark_file():
+    rows = json.loads((ROOT / "benchmarks" / "flops.json").read_text())["rows"]
+    vit_b = {r["label"]: r for r in rows if r["model"] == "vit_base_patch16_224"}
+    readme = (ROOT / "README.md").read_text()
+    for label, figure in [("dense (plain timm)", "17.58"), ("da-only, b=32", "17.80"),
+                          ("sparse-tuning, b=32", "11.75"), ("sparse-tuning, b=8 (VTAB-1K)", "11.66"),
+                          ("ts-only", "11.62")]:
+        assert f"{vit_b[label]['gflops']:.2f}" == figure and f"| {figure} |" in readme
+    st = vit_b["sparse-tuning, b=32"]
+    assert f"{100 * st['gflops'] / st['dense_gflops']:.1f}%" in readme
+
+
+def test_readme_speed_figures_are_in_the_benchmark_file():
+    rows = {r["variant"]: r for r in json.loads((ROOT / "benchmarks" / "core_speed_cpu.json").read_text())["rows"]}
+    timm = rows["timm (full fine-tuning)"]
+    readme = (ROOT / "README.md").read_text()
+    assert f"inference {timm['infer_time_vs_sparse_tuning']:.2f}x faster" in readme
+    assert f"is {timm['train_time_vs_sparse_tuning']:.2f}x faster than full fine-tuning" in readme
