@@ -8,6 +8,7 @@ from .adapter_io import load_adapters, save_adapters
 from .api import apply, count_params, kept_tokens, trainable_named_parameters, trainable_parameters
 from .config import SparseTuningConfig
 from .flops import count_flops, flop_report
+from . import models  # registers the small ViTs with timm
 
 __version__ = "0.1.0"
 

@@ -6,47 +6,15 @@ import json
 import sys
 from typing import Optional, Sequence
 
-import torch
-
+from . import cli_train
 from .api import apply, count_params
-from .config import SparseTuningConfig
 from .flops import flop_report
+from .methods import METHODS, method_config
 from .patch import check_supported
+from .run import build_architecture
+from .train import TrainingError
 
-METHODS = ("sparse-tuning", "ts-only", "da-only", "dense")
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for: printed as one line, exit status 2."""
-
-
-def build_model(name: str, img_size: Optional[int] = None, num_classes: Optional[int] = None,
-                device: str | torch.device = "meta", **kwargs):
-    """A timm model by name, without weights unless asked; meta device by default (no memory)."""
-    import timm
-
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:5]
-        hint = f"; similar: {', '.join(close)}" if close else "; `timm.list_models('vit_*')` lists them"
-        raise UserError(f"unknown timm model {name!r}{hint}")
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    with torch.device(device):
-        return timm.create_model(name, **kwargs)
-
-
-def method_config(method: str, keep_rate: Optional[float], **fields) -> Optional[SparseTuningConfig]:
-    """The config a method name stands for; None for the plain (dense) model."""
-    if method in ("dense", "da-only") and keep_rate is not None:
-        raise UserError(f"--keep-rate does not apply to --method {method} (it keeps every token)")
-    if method == "dense":
-        return None
-    if method == "da-only":
-        keep_rate = 1.0
-    kw = {} if keep_rate is None else {"keep_rate": keep_rate}
-    return SparseTuningConfig(adapters=method != "ts-only", **kw, **fields)
+FLOPS_METHODS = METHODS + ("dense",)
 
 
 def _tokens_line(tokens: Sequence[tuple[int, int]]) -> str:
@@ -74,7 +42,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     if args.merge is not None:
         fields["merge"] = args.merge
     config = method_config(args.method, args.keep_rate, **fields)
-    model = build_model(args.model, args.img_size, args.num_classes)
+    model = build_architecture(args.model, args.img_size, args.num_classes)
     check_supported(model)
     size = (3, *model.patch_embed.img_size)
     dense = flop_report(model, size).gflops
@@ -114,13 +82,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="vit_base_patch16_224", help="timm model name (default: %(default)s)")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
-    p.add_argument("--method", choices=METHODS, default="sparse-tuning")
+    p.add_argument("--method", choices=FLOPS_METHODS, default="sparse-tuning")
     p.add_argument("--keep-rate", type=float, default=None, help="share of tokens kept per step (default 0.7)")
     p.add_argument("--bottleneck", type=int, default=32, help="Dense Adapter width (default: %(default)s)")
     p.add_argument("--sparsify-at", default=None, help="comma-separated 0-based blocks (default: 3,6,9 scaled)")
     p.add_argument("--merge", choices=("mean", "sum", "drop"), default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_flops)
+    cli_train.add_commands(sub)
     return parser
 
 
@@ -128,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, TrainingError) as e:  # DataError is a ValueError
         print(f"sparse-tuning {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,237 @@
+"""A run: a resolved config, a model built from it, a run folder. Glue between CLI and library.
+
+RUN_DIR holds config.json (everything needed to rebuild the model), metrics.jsonl,
+checkpoints/, adapters.safetensors (trained adapters + head) and results.json.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from .adapter_io import atomic_write_bytes, load_adapters, save_adapters
+from .config import SparseTuningConfig
+from .data import load_image_data, parse_data_spec
+from .methods import METHODS, method_config, prepare
+from .train import TrainConfig, evaluate, resolve_device, train
+
+# Preset overrides: the paper's VTAB-1K recipe and its complete-dataset one.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "vtab": {"train": {"epochs": 100, "lr": 1e-2, "min_lr": 0.0, "warmup_epochs": 10, "weight_decay": 1e-4,
+                       "batch_size": 64},
+             "sparse_tuning": {"bottleneck": 8}},
+    "full": {"train": {"epochs": 100, "lr": 1e-3, "min_lr": 1e-6, "warmup_epochs": 10, "weight_decay": 5e-2,
+                       "batch_size": 64},
+             "sparse_tuning": {"bottleneck": 32}},
+}
+
+DEFAULTS: dict[str, Any] = {
+    "model": None, "data": None, "method": "sparse-tuning", "pretrained": True, "weights": None,
+    "img_size": None, "download": False, "strict_data": False, "preset": None,
+    "sparse_tuning": {}, "train": {},
+}
+
+
+def resolve_config(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Merge option layers (defaults < preset < config file < flags), validated; nested dicts merge."""
+    out = copy.deepcopy(DEFAULTS)
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in out:
+                raise ValueError(f"unknown option {key!r} in the configuration")
+            if isinstance(out[key], dict):
+                out[key].update(value or {})
+            else:
+                out[key] = value
+    if out["preset"] is not None:
+        if out["preset"] not in PRESETS:
+            raise ValueError(f"preset {out['preset']!r}: expected one of {', '.join(PRESETS)}")
+        # Presets sit under everything the user gave: re-merge with the preset first.
+        preset = PRESETS[out["preset"]]
+        out["train"] = {**preset["train"], **out["train"]}
+        out["sparse_tuning"] = {**preset["sparse_tuning"], **out["sparse_tuning"]}
+    if out["method"] not in METHODS:
+        raise ValueError(f"method {out['method']!r}: expected one of {', '.join(METHODS)}")
+    # Validate both dataclasses now, before any work.
+    out["train"] = dataclasses.asdict(TrainConfig(**out["train"]))
+    fields = dict(out["sparse_tuning"])
+    keep = fields.pop("keep_rate", None)
+    if fields.pop("adapters", True) is False and out["method"] == "sparse-tuning":
+        out["method"] = "ts-only"  # --no-adapters is token sparsification alone
+    config = method_config(out["method"], keep, **fields)
+    out["sparse_tuning"] = config.to_dict()
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML or JSON file (keys as in config.json; dashes or underscores)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of options")
+    norm = lambda d: {k.replace("-", "_"): (norm(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    return norm(data)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """A local checkpoint into a timm ViT: .npz (Google's ViT format) or a state dict
+    (.safetensors, .pth, .bin), through timm's own loaders. The classifier is kept from the file
+    only when its shape fits; any other missing or mismatched key is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".npz":
+        model.load_pretrained(str(path))
+        return
+    from timm.models import load_state_dict
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state = checkpoint_filter_fn(load_state_dict(str(path)), model)
+    own = model.state_dict()
+    heads = {k for k in state if k.startswith(("head.", "head_dist.")) and k in own and state[k].shape != own[k].shape}
+    for k in heads:
+        del state[k]
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(("head.", "head_dist.")) and ".adapter." not in k]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+
+
+def check_model_name(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:5]
+        hint = f"; similar: {', '.join(close)}" if close else "; `timm.list_models('vit_*')` lists them"
+        raise ValueError(f"unknown timm model {name!r}{hint}")
+
+
+def build_architecture(name: str, img_size: Optional[int] = None, num_classes: Optional[int] = None,
+                       device: str | torch.device = "meta") -> nn.Module:
+    """A timm model by name without weights, on the meta device by default (no memory, no time)."""
+    import timm
+
+    check_model_name(name)
+    kwargs: dict[str, Any] = {}
+    if img_size:
+        kwargs["img_size"] = img_size
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    with torch.device(device):
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    """The backbone from the run config (weights from the hub, a file, or a seeded random init),
+    with the method applied."""
+    import timm
+
+    check_model_name(cfg["model"])
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if cfg.get("img_size"):
+        kwargs["img_size"] = cfg["img_size"]
+    torch.manual_seed(cfg["train"]["seed"])  # a random backbone (--no-pretrained) is rebuilt identically
+    hub = cfg["pretrained"] and not cfg["weights"]
+    try:
+        model = timm.create_model(cfg["model"], pretrained=hub, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if not hub:
+            raise
+        raise ValueError(f"cannot load pre-trained weights for {cfg['model']} ({e.__class__.__name__}: {e}); "
+                         "offline, pass --weights FILE (a .safetensors/.pth/.bin/.npz checkpoint)") from None
+    if cfg["weights"]:
+        load_weights(model, cfg["weights"])
+    prepare(model, cfg["method"], SparseTuningConfig.from_dict(cfg["sparse_tuning"]))
+    return model
+
+
+def train_run(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train a resolved config into run_dir; returns the results."""
+    run_dir = Path(run_dir)
+    if not cfg.get("model") or not cfg.get("data"):
+        raise ValueError("train needs --model NAME and --data SPEC")
+    spec = parse_data_spec(cfg["data"])
+    probe = build_architecture(cfg["model"], cfg.get("img_size"))  # for its data config
+    data = load_image_data(spec, probe, download=cfg["download"], strict=cfg["strict_data"])
+    cfg = {**cfg, "num_classes": data.num_classes, "classes": data.classes}
+    model = build_model(cfg, data.num_classes)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_dir / "config.json", json.dumps(cfg, indent=1).encode())
+    meta = {"config": json.dumps(cfg["sparse_tuning"]), "model": cfg["model"]}
+    results = train(model, data, TrainConfig(**cfg["train"]), run_dir, resume=resume, metadata=meta)
+    if _is_main():
+        save_adapters(model, run_dir / "adapters.safetensors")
+        results = {"eval_split": data.eval_split, **results,
+                   "note": "final = last epoch; best = highest top-1 over the evaluated epochs"}
+        atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
+    return results
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
+    return json.loads(path.read_text())
+
+
+def load_run(run_dir: str | Path, keep_rate: Optional[float] = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of a run: its backbone rebuilt from config.json, its adapters loaded."""
+    cfg = read_run_config(run_dir)
+    adapters = Path(run_dir) / "adapters.safetensors"
+    if not adapters.is_file():
+        raise FileNotFoundError(f"{adapters} not found: the run has not finished (resume it with --resume)")
+    model = build_model(cfg, cfg["num_classes"])
+    load_adapters(model, adapters)
+    if keep_rate is not None:
+        model.sparse_tuning.keep_rate = keep_rate
+    return model.eval(), cfg
+
+
+def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optional[float] = None,
+             device: str = "auto", batch_size: int = 128) -> dict[str, Any]:
+    model, cfg = load_run(run_dir, keep_rate)
+    device = resolve_device(device)
+    images = load_image_data(data or cfg["data"], model, strict=cfg["strict_data"])
+    if images.num_classes != cfg["num_classes"]:
+        raise ValueError(f"the data has {images.num_classes} classes; the run was trained on {cfg['num_classes']}")
+    result = evaluate(model.to(device), images.eval, batch_size, device, cfg["train"]["amp"])
+    result.update(split=images.eval_split, keep_rate=model.sparse_tuning.keep_rate)
+    return result
+
+
+def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rate: Optional[float] = None,
+                device: str = "auto") -> list[dict[str, Any]]:
+    from .data import make_transforms, rgb_loader
+
+    model, cfg = load_run(run_dir, keep_rate)
+    device = resolve_device(device)
+    model.to(device)
+    _, transform = make_transforms(model, parse_data_spec(cfg["data"]).augment)
+    out = []
+    for path in images:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+    for path in images:
+        with torch.no_grad():
+            probs = model(transform(rgb_loader(path)).unsqueeze(0).to(device)).softmax(-1)[0]
+        top = probs.topk(min(top_k, probs.numel()))
+        out.append({"image": str(path), "top": [{"label": cfg["classes"][i], "index": int(i), "prob": float(p)}
+                                                for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+    return out
+
+
+def _is_main() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
