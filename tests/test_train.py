@@ -1,0 +1,149 @@
+"""The training loop: schedule, what trains, accumulation, resume, failures, metrics."""
+import json
+import math
+
+import pytest
+import torch
+from datasets import make_folder
+from safetensors import safe_open
+
+import sparse_tuning as st
+from sparse_tuning.run import resolve_config, train_run
+from sparse_tuning.train import TrainConfig, TrainingError, keep_rate_at, lr_at, param_groups
+
+MODEL = "st_vit_micro_patch4_32"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("data") / "ds", classes=3, train=8, val=4)
+
+
+def config(folder, method="sparse-tuning", st_fields=None, **train):
+    base = dict(epochs=2, batch_size=8, lr=1e-2, warmup_epochs=0.5, num_workers=0, log_every=1)
+    return resolve_config({"model": MODEL, "pretrained": False, "data": f"folder:{folder}", "method": method,
+                           "sparse_tuning": st_fields or {}, "train": {**base, **train}})
+
+
+def trained_weights(run_dir):
+    with safe_open(str(run_dir / "adapters.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_lr_schedule_by_hand():
+    assert lr_at(0, 100, 10, 1.0, 0.0) == pytest.approx(0.1)      # warmup starts above 0
+    assert lr_at(9, 100, 10, 1.0, 0.0) == pytest.approx(1.0)      # and ends at the peak
+    assert lr_at(55, 100, 10, 1.0, 0.0) == pytest.approx(0.5)     # cosine half-way
+    assert lr_at(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)    # the floor at the end
+    assert lr_at(0, 100, 0, 1.0, 0.0) == pytest.approx(1.0)
+
+
+def test_keep_rate_warmup_by_hand():
+    assert [keep_rate_at(s, 10, 0.7) for s in (0, 5, 10, 20)] == pytest.approx([1.0, 0.85, 0.7, 0.7])
+    assert keep_rate_at(0, 0, 0.7) == 0.7
+
+
+def test_no_weight_decay_on_biases_and_1d():
+    model = st.apply(__import__("timm").create_model(MODEL))
+    decay, no_decay = param_groups(model, 0.05)
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+
+
+@pytest.mark.parametrize("bad", [dict(amp="fp32"), dict(batch_size=0), dict(lr=0), dict(grad_accum=0)])
+def test_bad_train_config(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
+
+
+def test_trains_learns_and_writes_the_run(folder, tmp_path):
+    cfg = config(folder, epochs=6, lr=3e-3)
+    results = train_run(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    assert results["final"]["top1"] > 80 and results["best"]["top1"] >= results["final"]["top1"]
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [l for l in lines if "loss" in l and "split" not in l]
+    evals = [l for l in lines if l.get("split") == "val"]
+    assert [l["step"] for l in steps] == list(range(1, 19)) and len(evals) == 6
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["num_classes"] == 3 and saved["sparse_tuning"]["keep_rate"] == 0.7
+    # Checkpoints hold the trainable weights only, never the frozen backbone.
+    ckpt = run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["folder"]
+    with safe_open(str(ckpt / "trainable.safetensors"), "pt") as f:
+        assert all(".adapter." in k or k.startswith("head.") for k in f.keys())
+
+
+def test_only_trainable_parameters_change(folder, tmp_path):
+    import timm
+    cfg = config(folder, epochs=1)
+    train_run(cfg, tmp_path / "run")
+    torch.manual_seed(0)
+    fresh = timm.create_model(MODEL, num_classes=3)
+    model, _ = st.run.load_run(tmp_path / "run")
+    for name, p in fresh.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(p, model.state_dict()[name]), name
+
+
+def test_gradient_accumulation_matches_one_big_batch(folder, tmp_path):
+    one = train_run(config(folder, epochs=1), tmp_path / "a")
+    two = train_run(config(folder, epochs=1, grad_accum=2), tmp_path / "b")
+    wa, wb = trained_weights(tmp_path / "a"), trained_weights(tmp_path / "b")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)  # Adam amplifies float noise of tiny grads
+    assert one["final"]["top1"] == two["final"]["top1"]
+
+
+def test_keep_rate_warmup_is_logged_and_eval_uses_the_target(folder, tmp_path):
+    train_run(config(folder, epochs=2, keep_rate_warmup=2), tmp_path / "run")
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rates = [l["keep_rate"] for l in lines if "keep_rate" in l]
+    assert rates[0] == 1.0 and rates == sorted(rates, reverse=True) and rates[-1] > 0.7
+    model, _ = st.run.load_run(tmp_path / "run")
+    assert model.sparse_tuning.keep_rate == 0.7
+
+
+@pytest.mark.parametrize("extra", [dict(mixup=0.8, cutmix=1.0, label_smoothing=0.1), dict(amp="bf16"),
+                                   dict(clip_grad=0.5)])
+def test_recipe_options_run(folder, tmp_path, extra):
+    results = train_run(config(folder, epochs=1, **extra), tmp_path / "run")
+    assert math.isfinite(results["final"]["loss"])
+
+
+@pytest.mark.parametrize("method", ["ts-only", "da-only"])
+def test_other_methods_train_through_the_same_loop(folder, tmp_path, method):
+    train_run(config(folder, method=method, epochs=1), tmp_path / "run")
+    keys = set(trained_weights(tmp_path / "run"))
+    assert any(".adapter." in k for k in keys) == (method == "da-only")
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(folder, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_ce = torch.nn.CrossEntropyLoss.forward
+
+    def poisoned(self, logits, target):
+        calls["n"] += 1
+        loss = real_ce(self, logits, target)
+        return loss * float("nan") if calls["n"] == 5 else loss
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 5.*step-0000003"):
+        train_run(config(folder, epochs=2), tmp_path / "run")
+    latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
+    assert latest["step"] == 3  # the epoch-end checkpoint before the bad step
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(folder, tmp_path):
+    cfg = config(folder, epochs=1, st_fields={"bottleneck": 4})
+    train_run(cfg, tmp_path / "run")
+    other = config(folder, epochs=2, st_fields={"bottleneck": 8})
+    with pytest.raises(ValueError, match="another model or config"):
+        train_run(other, tmp_path / "run", resume=True)
+
+
+def test_resume_ignores_a_half_written_checkpoint(folder, tmp_path):
+    train_run(config(folder, epochs=1), tmp_path / "run")
+    broken = tmp_path / "run" / "checkpoints" / "step-9999999"
+    broken.mkdir()
+    (broken / "trainable.safetensors").write_bytes(b"partial")
+    results = train_run(config(folder, epochs=2), tmp_path / "run", resume=True)
+    assert results["final"]["epoch"] == 1
