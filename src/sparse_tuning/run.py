@@ -6,6 +6,7 @@ checkpoints/, adapters.safetensors (trained adapters + head) and results.json.
 from __future__ import annotations
 
 import copy
+import os
 import dataclasses
 import json
 from pathlib import Path
@@ -168,8 +169,9 @@ def train_run(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False) ->
     data = load_image_data(spec, probe, download=cfg["download"], strict=cfg["strict_data"])
     cfg = {**cfg, "num_classes": data.num_classes, "classes": data.classes}
     model = build_model(cfg, data.num_classes)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.json", json.dumps(cfg, indent=1).encode())
+    if _is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.json", json.dumps(cfg, indent=1).encode())
     meta = {"config": json.dumps(cfg["sparse_tuning"]), "model": cfg["model"]}
     results = train(model, data, TrainConfig(**cfg["train"]), run_dir, resume=resume, metadata=meta)
     if _is_main():
@@ -234,4 +236,5 @@ def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rat
 
 
 def _is_main() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    """Rank 0 of a torchrun job (or a plain process): the one that writes files."""
+    return int(os.environ.get("RANK", "0")) == 0

@@ -299,6 +299,8 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Pa
     progress.close()
     if st is not None:
         st.keep_rate = target_rate
+    if d.enabled:
+        torch.distributed.barrier()  # every rank done before rank 0 writes the final files
     if skipped_total and d.main:
         log(f"skipped {skipped_total} unreadable training image(s) (--strict-data makes them an error)")
     return {"final": final, "best": best}
