@@ -98,7 +98,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, TrainingError) as e:  # DataError is a ValueError
-        print(f"sparse-tuning {args.command}: error: {e}", file=sys.stderr)
+        message = str(e).strip()
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep its last line
+            message = message.splitlines()[-1].split(": ", 1)[-1]
+        print(f"sparse-tuning {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -105,6 +105,10 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     heads = {k for k in state if k.startswith(("head.", "head_dist.")) and k in own and state[k].shape != own[k].shape}
     for k in heads:
         del state[k]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+             if k in own and state[k].shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"{path} does not fit this model: {len(wrong)} weights of other shapes, e.g. {wrong[:3]}")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(("head.", "head_dist.")) and ".adapter." not in k]
     if missing or result.unexpected_keys:
