@@ -250,6 +250,8 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Pa
                     continue
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 if mixup is not None:
+                    if len(images) % 2:  # timm's Mixup pairs samples; a skipped image can leave one over
+                        images, labels = images[:-1], labels[:-1]
                     images, labels = mixup(images, labels)
                 sync = net.no_sync() if d.enabled and m < cfg.grad_accum - 1 else nullcontext()
                 with sync, autocast(device, cfg.amp):
