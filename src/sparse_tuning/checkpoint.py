@@ -50,14 +50,32 @@ def _to_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def save_checkpoint(run_dir: Path, trainable: dict[str, torch.Tensor], state: dict[str, Any], step: int,
+def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """The parameters that train (by name), atomically, in safetensors."""
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_trainable(model: nn.Module, path: Path) -> None:
+    """Load what save_trainable wrote; the names and shapes must be exactly the model's."""
+    tensors = load_file(str(path))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != set(params) or any(tensors[k].shape != params[k].shape for k in params):
+        missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        raise ValueError(f"{path} is from another model or config "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(tensors[k])
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, state: dict[str, Any], step: int,
                     metadata: dict[str, str]) -> Path:
     """Write checkpoint ``step`` and make it the latest; older ones beyond KEEP_LAST are removed."""
     root = Path(run_dir) / "checkpoints"
     folder = root / f"step-{step:07d}"
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in trainable.items()}
-    atomic_write_bytes(folder / "trainable.safetensors", save(tensors, metadata=metadata))
+    save_trainable(model, folder / "trainable.safetensors", metadata)
     atomic_write_bytes(folder / "state.pt", _to_bytes(state))
     atomic_write_bytes(root / "latest.json", json.dumps({"step": step, "folder": folder.name}).encode())
     for old in sorted(root.glob("step-*"))[:-KEEP_LAST]:
@@ -75,13 +93,5 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
     """Load trainable weights into ``model`` (names must match exactly); return the state dict."""
-    tensors = load_file(str(folder / "trainable.safetensors"))
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(tensors) != set(params) or any(tensors[k].shape != params[k].shape for k in params):
-        missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-        raise ValueError(f"checkpoint {folder} is from another model or config "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    with torch.no_grad():
-        for k, p in params.items():
-            p.copy_(tensors[k])
+    load_trainable(model, folder / "trainable.safetensors")
     return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)

@@ -7,9 +7,9 @@ import sys
 from typing import Optional, Sequence
 
 from . import cli_train
-from .api import apply, count_params
+from .api import count_params
 from .flops import flop_report
-from .methods import METHODS, method_config
+from .methods import METHODS, method_config, prepare
 from .patch import check_supported
 from .run import build_architecture
 from .train import TrainingError
@@ -46,8 +46,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
     check_supported(model)
     size = (3, *model.patch_embed.img_size)
     dense = flop_report(model, size).gflops
-    if config is not None:
-        apply(model, config)
+    if args.method != "dense":
+        prepare(model, args.method, config)
     report = flop_report(model, size)
     total, trainable = count_params(model)
     if args.json:
@@ -65,7 +65,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
         print(f"method       {args.method}: keep_rate {config.keep_rate}, sparsify_at {st.sparsify_at}, "
               f"merge {config.merge}" + (f", bottleneck {config.bottleneck}" if config.adapters else ""))
     else:
-        print("method       dense (plain timm model)")
+        print(f"method       {args.method}" + (" (plain timm model)" if args.method == "dense" else ""))
     print(f"GFLOPs       {report.gflops:.2f}  ({100 * report.gflops / dense:.1f}% of dense {dense:.2f})")
     print(f"parameters   {total:,} total, {trainable:,} trainable")
     print(f"tokens       {_tokens_line(report.tokens_per_block)}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import FUSIONS, MERGES, SparseTuningConfig
-from .methods import METHODS
+from .methods import METHODS, BaselineConfig
 from .run import eval_run, load_config_file, predict_run, read_run_config, resolve_config, train_run
 from .train import TrainConfig
 from .vtab import VTAB_TASKS, run_vtab
@@ -59,9 +59,9 @@ def _add_fields(group, cls, prefix: str) -> None:
 
 def _layers(args: argparse.Namespace) -> list[dict[str, Any]]:
     """(config file, flags) as option layers."""
-    flags: dict[str, Any] = {"sparse_tuning": {}, "train": {}}
+    flags: dict[str, Any] = {"sparse_tuning": {}, "baseline": {}, "train": {}}
     for key, value in vars(args).items():
-        if key.startswith(("sparse_tuning.", "train.")):
+        if key.startswith(("sparse_tuning.", "baseline.", "train.")):
             section, name = key.split(".", 1)
             flags[section][name] = value
         elif key in TOP_LEVEL or key in ("pretrained", "download", "strict_data"):
@@ -163,4 +163,5 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", default=None, help="download torchvision datasets")
     p.add_argument("--strict-data", action="store_true", default=None, help="fail on unreadable images")
     _add_fields(p.add_argument_group("Sparse-Tuning"), SparseTuningConfig, "sparse_tuning")
+    _add_fields(p.add_argument_group("other methods (--method adapter|adaptformer|lora|vpt)"), BaselineConfig, "baseline")
     _add_fields(p.add_argument_group("training"), TrainConfig, "train")

@@ -1,7 +1,8 @@
 """A run: a resolved config, a model built from it, a run folder. Glue between CLI and library.
 
 RUN_DIR holds config.json (everything needed to rebuild the model), metrics.jsonl,
-checkpoints/, adapters.safetensors (trained adapters + head) and results.json.
+checkpoints/, trainable.safetensors (what the method trained: adapters + head for Sparse-Tuning),
+adapters.safetensors (Sparse-Tuning methods: the portable adapter file) and results.json.
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .adapter_io import atomic_write_bytes, load_adapters, save_adapters
+from .adapter_io import atomic_write_bytes, save_adapters
+from .checkpoint import load_trainable, save_trainable
 from .config import SparseTuningConfig
 from .data import load_image_data, parse_data_spec
-from .methods import METHODS, method_config, prepare
+from .methods import METHODS, SPARSE_TUNING_METHODS, BaselineConfig, method_config, prepare
 from .train import TrainConfig, evaluate, resolve_device, train
 
 # Preset overrides: the paper's VTAB-1K recipe and its complete-dataset one.
@@ -34,7 +36,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 DEFAULTS: dict[str, Any] = {
     "model": None, "data": None, "method": "sparse-tuning", "pretrained": True, "weights": None,
     "img_size": None, "download": False, "strict_data": False, "preset": None,
-    "sparse_tuning": {}, "train": {},
+    "sparse_tuning": {}, "baseline": {}, "train": {},
 }
 
 
@@ -65,7 +67,8 @@ def resolve_config(*layers: dict[str, Any]) -> dict[str, Any]:
     if fields.pop("adapters", True) is False and out["method"] == "sparse-tuning":
         out["method"] = "ts-only"  # --no-adapters is token sparsification alone
     config = method_config(out["method"], keep, **fields)
-    out["sparse_tuning"] = config.to_dict()
+    out["sparse_tuning"] = config.to_dict() if config else None
+    out["baseline"] = dataclasses.asdict(BaselineConfig(**out["baseline"]))
     return out
 
 
@@ -159,7 +162,8 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
                          "offline, pass --weights FILE (a .safetensors/.pth/.bin/.npz checkpoint)") from None
     if cfg["weights"]:
         load_weights(model, cfg["weights"])
-    prepare(model, cfg["method"], SparseTuningConfig.from_dict(cfg["sparse_tuning"]))
+    st_config = SparseTuningConfig.from_dict(cfg["sparse_tuning"]) if cfg["sparse_tuning"] else None
+    prepare(model, cfg["method"], st_config, BaselineConfig(**cfg.get("baseline", {})))
     return model
 
 
@@ -176,10 +180,12 @@ def train_run(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False) ->
     if _is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / "config.json", json.dumps(cfg, indent=1).encode())
-    meta = {"config": json.dumps(cfg["sparse_tuning"]), "model": cfg["model"]}
+    meta = {"method": cfg["method"], "model": cfg["model"]}
     results = train(model, data, TrainConfig(**cfg["train"]), run_dir, resume=resume, metadata=meta)
     if _is_main():
-        save_adapters(model, run_dir / "adapters.safetensors")
+        save_trainable(model, run_dir / "trainable.safetensors", meta)
+        if cfg["method"] in SPARSE_TUNING_METHODS:  # the portable file for sparse_tuning.load_adapters
+            save_adapters(model, run_dir / "adapters.safetensors")
         results = {"eval_split": data.eval_split, **results,
                    "note": "final = last epoch; best = highest top-1 over the evaluated epochs"}
         atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
@@ -196,12 +202,14 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 def load_run(run_dir: str | Path, keep_rate: Optional[float] = None) -> tuple[nn.Module, dict[str, Any]]:
     """The trained model of a run: its backbone rebuilt from config.json, its adapters loaded."""
     cfg = read_run_config(run_dir)
-    adapters = Path(run_dir) / "adapters.safetensors"
-    if not adapters.is_file():
-        raise FileNotFoundError(f"{adapters} not found: the run has not finished (resume it with --resume)")
+    weights = Path(run_dir) / "trainable.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the run has not finished (resume it with --resume)")
     model = build_model(cfg, cfg["num_classes"])
-    load_adapters(model, adapters)
+    load_trainable(model, weights)
     if keep_rate is not None:
+        if getattr(model, "sparse_tuning", None) is None or cfg["method"] == "adaptformer":
+            raise ValueError(f"--keep-rate applies to Sparse-Tuning runs, not to --method {cfg['method']}")
         model.sparse_tuning.keep_rate = keep_rate
     return model.eval(), cfg
 
@@ -214,7 +222,8 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
     if images.num_classes != cfg["num_classes"]:
         raise ValueError(f"the data has {images.num_classes} classes; the run was trained on {cfg['num_classes']}")
     result = evaluate(model.to(device), images.eval, batch_size, device, cfg["train"]["amp"])
-    result.update(split=images.eval_split, keep_rate=model.sparse_tuning.keep_rate)
+    st = getattr(model, "sparse_tuning", None)
+    result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0)
     return result
 
 

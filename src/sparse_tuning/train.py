@@ -221,8 +221,7 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Pa
         if d.main:
             state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                      "rng": rng_state(), "step": step, "best": best, "train_config": dataclasses.asdict(cfg)}
-            trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-            save_checkpoint(run_dir, trainable, state, step, metadata or {})
+            save_checkpoint(run_dir, model, state, step, metadata or {})
 
     final: dict[str, Any] = {}
     progress = _Progress(total_steps, step, enabled=d.main, log=log)
