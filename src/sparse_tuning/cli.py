@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from . import cli_train
+from . import cli_bench, cli_train
 from .api import count_params
 from .flops import flop_report
 from .methods import METHODS, method_config, prepare
@@ -90,6 +90,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_flops)
     cli_train.add_commands(sub)
+    cli_bench.add_commands(sub)
     return parser
 
 

@@ -1,0 +1,153 @@
+"""Commands bench (every method side by side) and sweep (one trained run across keep rates)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .bench import EAGER, BenchSetup, markdown_table, plot, run_bench
+from .flops import flop_report
+from .methods import METHODS
+from .run import eval_run, load_run, read_run_config
+from .train import resolve_device
+
+BENCH_ORDER = ("full", "linear", "adapter", "adaptformer", "lora", "vpt", "ts-only", "da-only", "sparse-tuning", EAGER)
+
+
+def _machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads ({platform.platform()})"
+
+
+def run_accuracies(run_dirs: list[str]) -> dict[str, float]:
+    """Best test top-1 of trained runs, by method."""
+    out = {}
+    for run in run_dirs:
+        cfg = read_run_config(run)
+        results = Path(run) / "results.json"
+        if not results.is_file():
+            raise FileNotFoundError(f"{results} not found: the run has not finished")
+        out[cfg["method"]] = json.loads(results.read_text())["best"]["top1"]
+    return out
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    methods = list(BENCH_ORDER) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in BENCH_ORDER]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; expected any of {', '.join(BENCH_ORDER)}")
+    device = resolve_device(args.device)
+    setup = BenchSetup(args.model, args.img_size, args.batch_size, device, args.amp)
+    accuracy = run_accuracies(args.runs) if args.runs else None
+    rows = run_bench(setup, methods, args.rounds, args.warmup, memory=not args.no_memory, accuracy=accuracy)
+    meta = {"command": "sparse-tuning " + " ".join(sys.argv[1:]),
+            "date": datetime.date.today().isoformat(), "machine": _machine(device), "torch": torch.__version__,
+            "setup": setup.__dict__, "rounds": args.rounds, "warmup": args.warmup,
+            "memory": "cuda max_memory_allocated" if device.startswith("cuda") else
+                      "peak RSS of a fresh process during the phase minus RSS before it (VmHWM)"}
+    table = markdown_table(rows)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    with open(out / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "bench.md").write_text(f"# {args.model}, {device}, batch {args.batch_size}, amp {args.amp}\n\n"
+                                  f"{json.dumps(meta)}\n\n{table}\n")
+    plot(rows, str(out / "bench.png"), f"{args.model} on {meta['machine']}, batch {args.batch_size}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    rates = [float(r) for r in args.keep_rates.split(",") if r.strip()]
+    device = resolve_device(args.device)
+    model, cfg = load_run(args.run)
+    if getattr(model, "sparse_tuning", None) is None or not model.sparse_tuning.sparsify_at:
+        raise ValueError(f"sweep needs a run that sparsifies tokens; this one used --method {cfg['method']}")
+    rows = []
+    size = (3, *model.patch_embed.img_size)
+    x = torch.randn(args.batch_size, *size, device=device)
+    for rate in rates:
+        result = eval_run(args.run, args.data, rate, device=device)
+        model.sparse_tuning.keep_rate = rate
+        model.to(device).eval()
+        gflops = flop_report(model, size).gflops
+        times = []
+        with torch.no_grad():
+            for i in range(args.rounds + 1):
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                model(x)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                if i:
+                    times.append(time.perf_counter() - t)
+        times.sort()
+        rows.append({"keep_rate": rate, "top1": result["top1"], "top5": result["top5"], "gflops": gflops,
+                     "images_per_s": args.batch_size / times[len(times) // 2]})
+    lines = ["| keep rate | top-1 | top-5 | GFLOPs | images/s |", "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['keep_rate']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['gflops']:.3f} | {r['images_per_s']:.1f} |"
+              for r in rows]
+    print("\n".join(lines))
+    out = Path(args.out or args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    plot_sweep(rows, out / "sweep.png")
+    return 0
+
+
+def plot_sweep(rows, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    rates = [r["keep_rate"] for r in rows]
+    ax.plot(rates, [r["top1"] for r in rows], "o-", color="tab:red", label="top-1")
+    ax.set_xlabel("keep rate")
+    ax.set_ylabel("top-1 (%)", color="tab:red")
+    ax2 = ax.twinx()
+    ax2.plot(rates, [r["gflops"] for r in rows], "s--", color="tab:blue")
+    ax2.set_ylabel("GFLOPs", color="tab:blue")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("bench", help="every method side by side: parameters, GFLOPs, time, memory")
+    p.add_argument("--model", default="vit_base_patch16_224")
+    p.add_argument("--methods", default="all", help=f"all, or comma-separated: {', '.join(BENCH_ORDER)}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--amp", choices=("bf16", "fp16", "off"), default="off")
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    p.add_argument("--runs", nargs="*", default=None, help="trained run folders whose accuracy joins the table")
+    p.add_argument("--out", default="bench")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("sweep", help="one trained run across keep rates: accuracy, GFLOPs, throughput")
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", default=None, help="data spec (default: the run's)")
+    p.add_argument("--keep-rates", default="0.5,0.6,0.7,0.8,0.9,1.0")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", default=None, help="folder for sweep.md/json/png (default: the run folder)")
+    p.set_defaults(func=cmd_sweep)

@@ -1,0 +1,62 @@
+"""bench and sweep on a tiny model: the table's shape and sanity (speed itself is for benchmarks/)."""
+import csv
+import json
+
+import pytest
+from datasets import make_folder
+from PIL import Image
+
+from sparse_tuning.cli import main
+
+MODEL = "st_vit_micro_patch4_32"
+
+
+def test_bench_every_method_without_memory(tmp_path, capsys):
+    assert main(["bench", "--model", MODEL, "--device", "cpu", "--batch-size", "4", "--rounds", "1",
+                 "--warmup", "1", "--no-memory", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    methods = [r["method"] for r in rows]
+    assert methods == ["full", "linear", "adapter", "adaptformer", "lora", "vpt", "ts-only", "da-only",
+                       "sparse-tuning", "sparse-tuning (eager)"]
+    by = {r["method"]: r for r in rows}
+    assert by["sparse-tuning"]["train_time_vs_st"] == 1.0 and by["sparse-tuning"]["throughput_vs_st"] == 1.0
+    assert by["sparse-tuning"]["gflops"] < by["adaptformer"]["gflops"]
+    assert by["full"]["params_trainable"] == by["full"]["params_total"] > by["sparse-tuning"]["params_trainable"]
+    assert all(r["train_step_s"] > 0 and r["infer_images_per_s"] > 0 for r in rows)
+    assert table.count("\n") >= 11 and "| sparse-tuning |" in table
+    with open(tmp_path / "bench.csv") as f:
+        assert len(list(csv.DictReader(f))) == 10
+    with Image.open(tmp_path / "bench.png") as img:
+        assert img.size[0] > img.size[1] > 100
+
+
+def test_bench_memory_and_run_accuracy(tmp_path, capsys):
+    folder = make_folder(tmp_path / "ds", classes=2, train=4, val=2)
+    run = tmp_path / "run"
+    assert main(["train", "--model", MODEL, "--no-pretrained", "--data", f"folder:{folder}", "--out", str(run),
+                 "--epochs", "1", "--batch-size", "4", "--num-workers", "0"]) == 0
+    assert main(["bench", "--model", MODEL, "--device", "cpu", "--methods", "adaptformer,sparse-tuning",
+                 "--batch-size", "8", "--rounds", "1", "--warmup", "0", "--runs", str(run),
+                 "--out", str(tmp_path / "b")]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]}
+    assert all(r["train_memory_mb"] > 0 and r["infer_memory_mb"] >= 0 for r in rows.values())
+    assert 0 <= rows["sparse-tuning"]["top1"] <= 100 and "top1" not in rows["adaptformer"]
+
+
+def test_sweep(tmp_path, capsys):
+    folder = make_folder(tmp_path / "ds", classes=2, train=4, val=2)
+    run = tmp_path / "run"
+    assert main(["train", "--model", MODEL, "--no-pretrained", "--data", f"folder:{folder}", "--out", str(run),
+                 "--epochs", "1", "--batch-size", "4", "--num-workers", "0"]) == 0
+    assert main(["sweep", "--run", str(run), "--keep-rates", "0.5,1.0", "--device", "cpu", "--rounds", "1",
+                 "--batch-size", "4"]) == 0
+    rows = json.loads((run / "sweep.json").read_text())
+    assert [r["keep_rate"] for r in rows] == [0.5, 1.0]
+    assert rows[0]["gflops"] < rows[1]["gflops"]
+    assert (run / "sweep.png").is_file()
+
+
+def test_bench_rejects_unknown_methods(capsys):
+    assert main(["bench", "--model", MODEL, "--methods", "sparse-tuning,magic", "--no-memory"]) == 2
+    assert "magic" in capsys.readouterr().err

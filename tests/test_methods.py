@@ -1,0 +1,84 @@
+"""Every method: its trainable-parameter count by hand, its start state, and a few training steps."""
+import pytest
+import torch
+from conftest import tiny_vit
+from datasets import make_folder
+
+import sparse_tuning as st
+from sparse_tuning.baselines import merge_lora
+from sparse_tuning.methods import METHODS, BaselineConfig, prepare
+from sparse_tuning.run import load_run, resolve_config, train_run
+
+C, K, DEPTH = 64, 10, 12          # tiny ViT width, classes, blocks
+HEAD = C * K + K
+
+
+def adapters(b, inputs):          # one Dense Adapter: a down per input, one up
+    return inputs * (C * b + b) + (b * C + C)
+
+
+HAND = {
+    "linear": HEAD,
+    "adapter": DEPTH * (2 * C * 64 + 64 + C) + HEAD,                        # down + up per block, b = 64
+    "adaptformer": DEPTH * adapters(64, 1) + HEAD,
+    "lora": DEPTH * (8 * C + 3 * C * 8) + HEAD,                               # A: r x C, B: 3C x r
+    "vpt": DEPTH * 10 * C + HEAD,
+    "ts-only": HEAD,
+    "da-only": sum(adapters(32, 1 + (n >= 1) + (n >= 3)) for n in range(DEPTH)) + HEAD,
+    "sparse-tuning": sum(adapters(32, 1 + (n >= 1) + (n >= 3)) for n in range(DEPTH)) + HEAD,
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_trainable_parameter_counts_by_hand(method):
+    model = prepare(tiny_vit(), method)
+    total, trainable = st.count_params(model)
+    expected = total if method == "full" else HAND[method]
+    if method == "full":
+        expected = sum(p.numel() for p in tiny_vit().parameters())
+    assert trainable == expected
+
+
+@pytest.mark.parametrize("method", ["adapter", "adaptformer", "lora", "da-only"])
+def test_fresh_method_computes_the_backbone(method, images):
+    expected = tiny_vit()(images)
+    assert torch.allclose(prepare(tiny_vit(), method)(images), expected, atol=1e-5)
+
+
+def test_adaptformer_is_a_scaled_single_input_adapter_without_sparsification():
+    model = prepare(tiny_vit(), "adaptformer")
+    assert model.sparse_tuning.sparsify_at == () and model.sparse_tuning.config.scale == 0.1
+    assert all(len(blk.adapter.down) == 1 for blk in model.blocks)
+
+
+def test_lora_merges_for_inference(images):
+    model = prepare(tiny_vit(), "lora", baseline=BaselineConfig(lora_rank=4))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    before = model(images)
+    merge_lora(model)
+    assert torch.allclose(model(images), before, atol=1e-5)
+
+
+def test_vpt_prompts_change_the_output_and_keep_the_sequence(images):
+    model = prepare(tiny_vit(), "vpt", baseline=BaselineConfig(prompts=3))
+    assert model.blocks.prompts.shape == (12, 3, 64)
+    assert model.forward_features(images).shape == (2, 65, 64)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_through_the_same_loop(method, tmp_path_factory):
+    folder = make_folder(tmp_path_factory.mktemp("d") / "ds", classes=2, train=4, val=2)
+    cfg = resolve_config({"model": "st_vit_micro_patch4_32", "pretrained": False, "data": f"folder:{folder}",
+                          "method": method, "train": dict(epochs=1, batch_size=4, num_workers=0, lr=1e-3)})
+    run = tmp_path_factory.mktemp("run")
+    results = train_run(cfg, run)
+    assert results["final"]["images"] == 4
+    model, saved = load_run(run)
+    assert saved["method"] == method
+    before = {n: p.clone() for n, p in prepare(tiny_vit(num_classes=2), method).named_parameters()}
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and n in before
+               and p.shape == before[n].shape and not torch.equal(p, before[n])]
+    assert changed, "training changed no trainable weight"
