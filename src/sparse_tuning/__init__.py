@@ -7,6 +7,7 @@ from .adapter import DenseAdapter
 from .adapter_io import load_adapters, save_adapters
 from .api import apply, count_params, kept_tokens, trainable_named_parameters, trainable_parameters
 from .config import SparseTuningConfig
+from .export import load_model
 from .flops import count_flops, flop_report
 from . import models  # registers the small ViTs with timm
 
@@ -14,5 +15,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DenseAdapter", "SparseTuningConfig", "apply", "count_flops", "count_params", "flop_report",
-    "kept_tokens", "load_adapters", "save_adapters", "trainable_named_parameters", "trainable_parameters",
+    "kept_tokens", "load_adapters", "load_model", "save_adapters", "trainable_named_parameters", "trainable_parameters",
 ]

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from . import cli_bench, cli_train
+from . import cli_bench, cli_deploy, cli_train
 from .api import count_params
 from .flops import flop_report
 from .methods import METHODS, method_config, prepare
@@ -72,6 +72,13 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparse-tuning",
@@ -89,8 +96,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", choices=("mean", "sum", "drop"), default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_flops)
+    p = sub.add_parser("demo", help="offline demo: pre-train a small ViT, fine-tune it with every method, report")
+    p.add_argument("--out", default="sparse-tuning-demo", help="report folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    p.set_defaults(func=cmd_demo)
     cli_train.add_commands(sub)
     cli_bench.add_commands(sub)
+    cli_deploy.add_commands(sub)
     return parser
 
 

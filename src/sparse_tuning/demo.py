@@ -1,0 +1,245 @@
+"""`sparse-tuning demo`: the whole idea on a laptop, offline, in minutes.
+
+A 12-block ViT is pre-trained once on the source shapes task (cached), then fine-tuned frozen on
+the target task by several methods through the normal training loop; the report gives accuracy
+and cost per method, the foreground recall of token sparsification, and pictures of the tokens
+that survive.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+
+from . import models  # noqa: F401  (registers the demo's ViT with timm)
+from .adapter_io import atomic_write_bytes
+from .api import count_params
+from .data import ImageData
+from .flops import flop_report
+from .methods import prepare
+from .shapes import TASKS, ShapesDataset, patch_foreground
+from .train import TrainConfig, evaluate, train
+from .visualize import foreground_recall, kept_tokens_figure, random_recall, run_and_mask
+
+MODEL = "st_vit_micro_patch4_32"
+CACHE_VERSION = "demo-v1"
+METHODS = ("full", "linear", "adaptformer", "ts-only", "da-only", "sparse-tuning")
+KEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+@dataclass
+class DemoPlan:
+    name: str
+    pretrain_images: int     # source-task training images, per epoch
+    pretrain_epochs: int
+    finetune_images: int     # target-task training images, per epoch
+    finetune_epochs: int
+    test_images: int         # target-task test images
+    batch_size: int = 64
+
+
+FULL = DemoPlan("full", pretrain_images=12_000, pretrain_epochs=8, finetune_images=3_000, finetune_epochs=4,
+                test_images=1_000)
+QUICK = DemoPlan("quick", pretrain_images=1_024, pretrain_epochs=2, finetune_images=256, finetune_epochs=1,
+                 test_images=128, batch_size=32)
+
+
+def cache_dir() -> Path:
+    """$SPARSE_TUNING_CACHE, else $XDG_CACHE_HOME/sparse-tuning, else ~/.cache/sparse-tuning."""
+    if os.environ.get("SPARSE_TUNING_CACHE"):
+        return Path(os.environ["SPARSE_TUNING_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparse-tuning"
+
+
+def new_model(num_classes: int) -> torch.nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model(MODEL, num_classes=num_classes)
+
+
+def shapes_data(task: str, train_images: int, test_images: int) -> ImageData:
+    return ImageData(ShapesDataset(task, "train", train_images), ShapesDataset(task, "test", test_images),
+                     len(TASKS[task]), list(TASKS[task]), "test")
+
+
+def pretrained_backbone(plan: DemoPlan, work: Path, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """The source-task backbone: from the cache, or trained now (all weights) and cached."""
+    path = cache_dir() / CACHE_VERSION / f"backbone-{plan.name}.safetensors"
+    if path.is_file():
+        log(f"pre-trained backbone: {path} (cached)")
+        return load_file(str(path))
+    log(f"pre-training the backbone on the source task ({plan.pretrain_epochs} epochs x "
+        f"{plan.pretrain_images} images); cached afterwards in {path.parent}")
+    model = prepare(new_model(len(TASKS["source"])), "full")
+    cfg = TrainConfig(epochs=plan.pretrain_epochs, batch_size=plan.batch_size, lr=2e-3, warmup_epochs=0.5,
+                      weight_decay=0.05, num_workers=0, eval_every=plan.pretrain_epochs, log_every=50)
+    results = train(model, shapes_data("source", plan.pretrain_images, plan.test_images), cfg,
+                    work / "pretrain", log=log)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, save(tensors, metadata={"source_top1": str(results["final"]["top1"])}))
+    return tensors
+
+
+def finetune(method: str, backbone: dict[str, torch.Tensor], data: ImageData, plan: DemoPlan, work: Path,
+             log: Callable[[str], None]) -> tuple[torch.nn.Module, dict]:
+    model = new_model(data.num_classes)
+    model.load_state_dict({k: v for k, v in backbone.items() if not k.startswith("head.")}, strict=False)
+    prepare(model, method)
+    cfg = TrainConfig(epochs=plan.finetune_epochs, batch_size=plan.batch_size, lr=3e-3, warmup_epochs=0.25,
+                      weight_decay=0.01, num_workers=0, eval_every=plan.finetune_epochs, log_every=50)
+    t0 = time.perf_counter()
+    results = train(model, data, cfg, work / method, log=lambda s: None)
+    seconds = time.perf_counter() - t0
+    total, trainable = count_params(model)
+    row = {"method": method, "top1": results["final"]["top1"], "params_trainable": trainable,
+           "gflops": flop_report(model, (3, 32, 32)).gflops, "train_seconds": seconds}
+    log(f"  {method:14s} top-1 {row['top1']:6.2f}  trained in {seconds:5.1f} s")
+    return model, row
+
+
+def inference_throughput(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int = 5) -> dict[str, float]:
+    """Images/s per method, rounds interleaved across methods, median."""
+    times: dict[str, list[float]] = {m: [] for m in models}
+    with torch.no_grad():
+        for r in range(rounds + 1):
+            for name, model in models.items():
+                model.eval()
+                t = time.perf_counter()
+                model(x)
+                if r:
+                    times[name].append(time.perf_counter() - t)
+    return {m: len(x) / statistics.median(t) for m, t in times.items()}
+
+
+def peak_memory_mb(method: str, batch_size: int) -> dict[str, float]:
+    """Training and inference peak of the method in a fresh process (as `sparse-tuning bench`)."""
+    from .bench import BenchSetup, measure_memory
+
+    setup = BenchSetup(MODEL, batch_size=batch_size, num_classes=len(TASKS["target"]))
+    return {phase: measure_memory(setup, method, phase) / 2 ** 20 for phase in ("train", "infer")}
+
+
+def run_demo(out: str | Path, quick: bool = False, log: Callable[[str], None] = print) -> dict:
+    plan = QUICK if quick else FULL
+    out = Path(out)
+    work = out / "runs"
+    t_start = time.perf_counter()
+    backbone = pretrained_backbone(plan, work, log)
+    data = shapes_data("target", plan.finetune_images, plan.test_images)
+    log(f"fine-tuning the frozen backbone on the target task: {', '.join(METHODS)}")
+    models, rows = {}, []
+    for method in METHODS:
+        models[method], row = finetune(method, backbone, data, plan, work, log)
+        rows.append(row)
+    test = data.eval
+    x = torch.stack([test[i][0] for i in range(min(plan.batch_size, len(test)))])
+    speed = inference_throughput(models, x)
+    for row in rows:
+        row["infer_images_per_s"] = speed[row["method"]]
+        if not quick:
+            mem = peak_memory_mb(row["method"], plan.batch_size)
+            row["train_memory_mb"], row["infer_memory_mb"] = mem["train"], mem["infer"]
+
+    st_model = models["sparse-tuning"]
+    recall = measure_recall(st_model, test, n=min(256, len(test)))
+    figure = kept_tokens_figure(*sample_figure(st_model, test), patch=4, path=out / "kept_tokens.png")
+    sweep = keep_rate_sweep(st_model, test, out / "keep_rate.png")
+    elapsed = time.perf_counter() - t_start
+    report = write_report(out, plan, rows, recall, sweep, elapsed)
+    log(f"report: {report}; pictures: {figure}, {out / 'keep_rate.png'} ({elapsed:.0f} s in all)")
+    return {"rows": rows, "recall": recall, "sweep": sweep, "seconds": elapsed}
+
+
+def measure_recall(model, test: ShapesDataset, n: int) -> dict:
+    """Share of foreground patches kept after each step, against a random choice."""
+    x = torch.stack([test[i][0] for i in range(n)])
+    fg = np.stack([patch_foreground(test.sample(i)[1], 4) for i in range(n)])
+    masks = run_and_mask(model, x)
+    counts = [(k.shape[1], m) for k, m in zip(model.sparse_tuning.kept_tokens(), _tokens_before_steps(model))]
+    return {"model": foreground_recall(masks, fg), "random": random_recall(counts), "images": n,
+            "foreground_patches_per_image": float(fg.sum(1).mean())}
+
+
+def _tokens_before_steps(model) -> list[int]:
+    st = model.sparse_tuning
+    return [st.last_tokens[i][0] - st.num_prefix for i in st.sparsify_at]
+
+
+def sample_figure(model, test: ShapesDataset, n: int = 6):
+    images = np.stack([test.sample(i)[0] for i in range(n)])
+    masks = run_and_mask(model, torch.stack([test[i][0] for i in range(n)]))
+    return images, masks
+
+
+def keep_rate_sweep(model, test: ShapesDataset, path: Path) -> list[dict]:
+    """Accuracy and GFLOPs of the trained model across keep rates, no retraining."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    st, target = model.sparse_tuning, model.sparse_tuning.keep_rate
+    rows = []
+    for rate in KEEP_RATES:
+        st.keep_rate = rate
+        rows.append({"keep_rate": rate, "top1": evaluate(model, test, 256)["top1"],
+                     "gflops": flop_report(model, (3, 32, 32)).gflops})
+    st.keep_rate = target
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot([r["keep_rate"] for r in rows], [r["top1"] for r in rows], "o-", color="tab:red")
+    ax.set_xlabel("keep rate (trained at %.1f)" % target)
+    ax.set_ylabel("top-1 (%)", color="tab:red")
+    ax2 = ax.twinx()
+    ax2.plot([r["keep_rate"] for r in rows], [1000 * r["gflops"] for r in rows], "s--", color="tab:blue")
+    ax2.set_ylabel("MFLOPs per image", color="tab:blue")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return rows
+
+
+def write_report(out: Path, plan: DemoPlan, rows: list[dict], recall: dict, sweep: list[dict], seconds: float) -> Path:
+    lines = [f"# Sparse-Tuning demo ({plan.name})", "",
+             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+             f"{platform.platform()}; torch {torch.__version__}; {seconds:.0f} s in all.",
+             f"Backbone: `{MODEL}` (12 blocks, width 64, 32x32 images, 64 patches), pre-trained on the source "
+             f"shapes ({', '.join(TASKS['source'])}), frozen; target task: {', '.join(TASKS['target'])}.",
+             f"Fine-tuning: {plan.finetune_epochs} epoch(s) x {plan.finetune_images} images, batch {plan.batch_size}, "
+             f"same recipe for every method; test: {plan.test_images} images.", "",
+             "| method | top-1 | trainable params | MFLOPs / image | training time (s) | inference (img/s) |"
+             + (" train memory (MB) | inference memory (MB) |" if "train_memory_mb" in rows[0] else ""),
+             "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if "train_memory_mb" in rows[0] else "")]
+    for r in rows:
+        line = (f"| {r['method']} | {r['top1']:.2f} | {r['params_trainable']:,} | {1000 * r['gflops']:.1f} | "
+                f"{r['train_seconds']:.1f} | {r['infer_images_per_s']:.0f} |")
+        if "train_memory_mb" in r:
+            line += f" {r['train_memory_mb']:.0f} | {r['infer_memory_mb']:.0f} |"
+        lines.append(line)
+    lines += ["", "Memory: peak resident memory of a fresh process during two steps, minus what it held before "
+              "(as `sparse-tuning bench` measures on CPU).", "",
+              "## Foreground recall", "",
+              f"Share of the foreground patches (>= 25% shape; {recall['foreground_patches_per_image']:.1f} per image "
+              f"on average) still kept after each sparsification step of the trained Sparse-Tuning model, over "
+              f"{recall['images']} test images, next to what a random choice of the same size keeps.", "",
+              "| step (block) | kept by the model | kept by a random choice |", "|---|---:|---:|"]
+    for i, (m, r) in enumerate(zip(recall["model"], recall["random"])):
+        lines.append(f"| {i + 1} | {m:.3f} | {r:.3f} |")
+    lines += ["", "## Keep rate at inference (no retraining)", "", "| keep rate | top-1 | MFLOPs / image |",
+              "|---:|---:|---:|"]
+    lines += [f"| {r['keep_rate']} | {r['top1']:.2f} | {1000 * r['gflops']:.1f} |" for r in sweep]
+    lines += ["", "![kept tokens](kept_tokens.png)", "", "![keep rate](keep_rate.png)", ""]
+    path = out / "report.md"
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    atomic_write_bytes(out / "report.json", json.dumps({"plan": asdict(plan), "rows": rows, "recall": recall,
+                                                        "sweep": sweep, "seconds": seconds}, indent=1).encode())
+    return path

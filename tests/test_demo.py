@@ -1,0 +1,35 @@
+"""The offline demo, quick: report, recall figures and pictures, from nothing (no cache)."""
+import json
+import re
+
+from PIL import Image
+
+from sparse_tuning.cli import main
+from sparse_tuning.demo import METHODS
+
+
+def test_quick_demo(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SPARSE_TUNING_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert "pre-training the backbone" in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    for method in METHODS:
+        assert f"| {method} |" in report
+    data = json.loads((out / "report.json").read_text())
+    assert [r["method"] for r in data["rows"]] == list(METHODS)
+    assert all(0 <= r["top1"] <= 100 and r["params_trainable"] > 0 for r in data["rows"])
+    recall = data["recall"]
+    assert len(recall["model"]) == len(recall["random"]) == 3
+    assert all(0 <= v <= 1 for v in recall["model"] + recall["random"])
+    assert recall["random"] == sorted(recall["random"], reverse=True)
+    assert re.search(r"\| 1 \| 0\.\d{3} \| 0\.7\d\d \|", report)
+    sweep = {r["keep_rate"]: r for r in data["sweep"]}
+    assert sweep[0.3]["gflops"] < sweep[0.7]["gflops"] < sweep[1.0]["gflops"]
+    with Image.open(out / "kept_tokens.png") as img:  # 6 images of 32 px at 4x; image + 3 steps
+        assert img.size == ((128 + 4) * 4 + 4, 16 + (128 + 4) * 6 + 4)
+    with Image.open(out / "keep_rate.png") as img:
+        assert img.size == (600, 408)
+    # The second run reuses the cached backbone.
+    assert main(["demo", "--quick", "--out", str(tmp_path / "again")]) == 0
+    assert "(cached)" in capsys.readouterr().out
