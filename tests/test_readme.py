@@ -37,3 +37,28 @@ def test_readme_speed_figures_are_in_the_benchmark_file():
     readme = (ROOT / "README.md").read_text()
     assert f"inference {timm['infer_time_vs_sparse_tuning']:.2f}x faster" in readme
     assert f"is {timm['train_time_vs_sparse_tuning']:.2f}x faster than full fine-tuning" in readme
+
+
+def test_readme_comparison_figures_are_in_the_benchmark_file():
+    rows = {r["method"]: r for r in json.loads((ROOT / "benchmarks" / "bench_vit_b_cpu" / "bench.json").read_text())["rows"]}
+    st = rows["sparse-tuning"]
+    readme = (ROOT / "README.md").read_text()
+    for method, label in [("full", "full fine-tuning (plain timm ViT-B)"), ("adaptformer", "AdaptFormer"),
+                          ("sparse-tuning (eager)", "Sparse-Tuning with eager attention")]:
+        r = rows[method]
+        line = (f"| {label} | {r['train_step_s'] / st['train_step_s']:.2f}x as long | "
+                f"{r['train_memory_mb'] / st['train_memory_mb']:.2f}x | "
+                f"{st['infer_images_per_s'] / r['infer_images_per_s']:.2f}x as high |")
+        assert line in readme, line
+
+
+def test_readme_demo_figures_are_in_the_committed_report():
+    data = json.loads((ROOT / "benchmarks" / "demo" / "report.json").read_text())
+    rows = {r["method"]: r for r in data["rows"]}
+    readme = (ROOT / "README.md").read_text()
+    st, af = rows["sparse-tuning"], rows["adaptformer"]
+    assert f"Sparse-Tuning reaches {st['top1']:.2f}% top-1 at {1000 * st['gflops']:.1f} MFLOPs" in readme
+    assert f"AdaptFormer\n{af['top1']:.2f}% at {1000 * af['gflops']:.1f}" in readme
+    model, rand = data["recall"]["model"], data["recall"]["random"]
+    assert f"holds {model[0]:.2f}, {model[1]:.2f} and {model[2]:.2f} of the foreground" in readme
+    assert f"would hold {rand[0]:.2f}, {rand[1]:.2f} and {rand[2]:.2f}" in readme

@@ -110,9 +110,9 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def measure_memory_here(setup: BenchSetup, method: str, phase: str) -> float:
+def measure_memory_here(setup: BenchSetup, method: str, phase: str, step: Optional[Step] = None) -> float:
     """Peak bytes of one phase (two steps) of one method, in this process."""
-    step = Step(build(setup, method), setup)
+    step = step or Step(build(setup, method), setup)
     run = step.train if phase == "train" else step.infer
     if setup.device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -126,18 +126,29 @@ def measure_memory_here(setup: BenchSetup, method: str, phase: str) -> float:
     return float(_rss_kib("VmHWM") - before) * 1024
 
 
+def measure_phases_here(setup: BenchSetup, method: str, phases: tuple[str, ...]) -> list[float]:
+    step = Step(build(setup, method), setup)
+    return [measure_memory_here(setup, method, phase, step) for phase in phases]
+
+
 def measure_memory(setup: BenchSetup, method: str, phase: str) -> float:
     """CUDA: in this process (the peak counter is exact). CPU: in a fresh process."""
+    return measure_phases(setup, method, (phase,))[0]
+
+
+def measure_phases(setup: BenchSetup, method: str, phases: tuple[str, ...]) -> list[float]:
+    """Peak bytes of each phase in turn, in one fresh process on CPU (in this one on CUDA)."""
     if setup.device.startswith("cuda"):
         torch.cuda.empty_cache()
-        return measure_memory_here(setup, method, phase)
-    code = ("import json,sys; from sparse_tuning.bench import BenchSetup, measure_memory_here; "
-            "a = json.loads(sys.argv[1]); print(measure_memory_here(BenchSetup(**a['setup']), a['method'], a['phase']))")
-    arg = json.dumps({"setup": setup.__dict__, "method": method, "phase": phase})
+        return measure_phases_here(setup, method, phases)
+    code = ("import json,sys; from sparse_tuning.bench import BenchSetup, measure_phases_here; "
+            "a = json.loads(sys.argv[1]); "
+            "print(json.dumps(measure_phases_here(BenchSetup(**a['setup']), a['method'], tuple(a['phases']))))")
+    arg = json.dumps({"setup": setup.__dict__, "method": method, "phases": list(phases)})
     proc = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"memory measurement of {method} failed: {proc.stderr[-2000:]}")
-    return float(proc.stdout.strip().splitlines()[-1])
+    return [float(v) for v in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
 def run_bench(setup: BenchSetup, methods: list[str], rounds: int = 10, warmup: int = 2,

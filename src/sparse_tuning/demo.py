@@ -18,7 +18,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save
+from torch.utils.data import TensorDataset
 
 from . import models  # noqa: F401  (registers the demo's ViT with timm)
 from .adapter_io import atomic_write_bytes
@@ -27,7 +29,7 @@ from .data import ImageData
 from .flops import flop_report
 from .methods import prepare
 from .shapes import TASKS, ShapesDataset, patch_foreground
-from .train import TrainConfig, evaluate, train
+from .train import TrainConfig, evaluate, lr_at, train
 from .visualize import foreground_recall, kept_tokens_figure, random_recall, run_and_mask
 
 MODEL = "st_vit_micro_patch4_32"
@@ -39,18 +41,18 @@ KEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 @dataclass
 class DemoPlan:
     name: str
-    pretrain_images: int     # source-task training images, per epoch
-    pretrain_epochs: int
-    finetune_images: int     # target-task training images, per epoch
+    pretrain_images: int     # source-task images (generated once, reused every step)
+    pretrain_steps: int      # optimizer steps of the source-task pre-training
+    finetune_images: int     # target-task training images
     finetune_epochs: int
     test_images: int         # target-task test images
     batch_size: int = 64
 
 
-FULL = DemoPlan("full", pretrain_images=12_000, pretrain_epochs=8, finetune_images=3_000, finetune_epochs=4,
-                test_images=1_000)
-QUICK = DemoPlan("quick", pretrain_images=1_024, pretrain_epochs=2, finetune_images=256, finetune_epochs=1,
-                 test_images=128, batch_size=32)
+FULL = DemoPlan("full", pretrain_images=3_000, pretrain_steps=400, finetune_images=1_500, finetune_epochs=2,
+                test_images=500)
+QUICK = DemoPlan("quick", pretrain_images=256, pretrain_steps=30, finetune_images=128, finetune_epochs=1,
+                 test_images=64, batch_size=32)
 
 
 def cache_dir() -> Path:
@@ -67,35 +69,69 @@ def new_model(num_classes: int) -> torch.nn.Module:
     return timm.create_model(MODEL, num_classes=num_classes)
 
 
-def shapes_data(task: str, train_images: int, test_images: int) -> ImageData:
-    return ImageData(ShapesDataset(task, "train", train_images), ShapesDataset(task, "test", test_images),
-                     len(TASKS[task]), list(TASKS[task]), "test")
+def materialize(task: str, split: str, n: int) -> tuple[TensorDataset, ShapesDataset]:
+    """The first n images of a task as tensors (drawn once, not every epoch), and their source."""
+    source = ShapesDataset(task, split, n)
+    items = [source[i] for i in range(n)]
+    return TensorDataset(torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])), source
 
 
-def pretrained_backbone(plan: DemoPlan, work: Path, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
-    """The source-task backbone: from the cache, or trained now (all weights) and cached."""
+def pretrained_backbone(plan: DemoPlan, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """The source-task backbone: from the cache, or pre-trained now (all weights) and cached.
+
+    A ViT trained from scratch on a few thousand images barely leaves chance level in minutes,
+    so the pre-training adds dense supervision: a temporary linear head on every patch token
+    predicts the shape class under that patch (or background). This trains the backbone alone;
+    fine-tuning afterwards goes through the normal training loop.
+    """
     path = cache_dir() / CACHE_VERSION / f"backbone-{plan.name}.safetensors"
     if path.is_file():
         log(f"pre-trained backbone: {path} (cached)")
         return load_file(str(path))
-    log(f"pre-training the backbone on the source task ({plan.pretrain_epochs} epochs x "
-        f"{plan.pretrain_images} images); cached afterwards in {path.parent}")
-    model = prepare(new_model(len(TASKS["source"])), "full")
-    cfg = TrainConfig(epochs=plan.pretrain_epochs, batch_size=plan.batch_size, lr=2e-3, warmup_epochs=0.5,
-                      weight_decay=0.05, num_workers=0, eval_every=plan.pretrain_epochs, log_every=50)
-    results = train(model, shapes_data("source", plan.pretrain_images, plan.test_images), cfg,
-                    work / "pretrain", log=log)
+    log(f"pre-training the backbone on the source task ({plan.pretrain_steps} steps of {plan.batch_size} images); "
+        f"cached afterwards in {path.parent}")
+    source = ShapesDataset("source", "train", plan.pretrain_images)
+    x, y, patches = [], [], []
+    for i in range(plan.pretrain_images):
+        image, mask, label = source.sample(i)
+        x.append(source[i][0])
+        y.append(label)
+        patches.append(torch.from_numpy(patch_foreground(mask, 4).astype(np.int64)) * (label + 1))
+    x, y, patches = torch.stack(x), torch.tensor(y), torch.stack(patches)
+    model = new_model(len(TASKS["source"]))
+    patch_head = torch.nn.Linear(model.embed_dim, len(TASKS["source"]) + 1)
+    params = list(model.parameters()) + list(patch_head.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.05)
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for step in range(plan.pretrain_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, plan.pretrain_steps, plan.pretrain_steps // 15, 2e-3, 0.0)
+        idx = torch.randint(0, len(x), (plan.batch_size,), generator=g)
+        feats = model.forward_features(x[idx])
+        loss = F.cross_entropy(model.forward_head(feats), y[idx]) + \
+            F.cross_entropy(patch_head(feats[:, model.num_prefix_tokens:]).flatten(0, 1), patches[idx].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % 50 == 0 or step + 1 == plan.pretrain_steps:
+            eta = (time.perf_counter() - t0) / (step + 1) * (plan.pretrain_steps - step - 1)
+            log(f"  pre-training step {step + 1}/{plan.pretrain_steps} loss {loss.item():.3f} ETA {eta:.0f} s")
+    test, _ = materialize("source", "test", plan.test_images)
+    top1 = evaluate(model, test, 256)["top1"]
+    log(f"  source-task test top-1 {top1:.2f}")
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(tensors, metadata={"source_top1": str(results["final"]["top1"])}))
+    atomic_write_bytes(path, save(tensors, metadata={"source_top1": str(top1)}))
     return tensors
 
 
 def finetune(method: str, backbone: dict[str, torch.Tensor], data: ImageData, plan: DemoPlan, work: Path,
              log: Callable[[str], None]) -> tuple[torch.nn.Module, dict]:
+    """One method through the normal training loop, from the same backbone and recipe as the others."""
     model = new_model(data.num_classes)
     model.load_state_dict({k: v for k, v in backbone.items() if not k.startswith("head.")}, strict=False)
     prepare(model, method)
-    cfg = TrainConfig(epochs=plan.finetune_epochs, batch_size=plan.batch_size, lr=3e-3, warmup_epochs=0.25,
+    cfg = TrainConfig(epochs=plan.finetune_epochs, batch_size=plan.batch_size, lr=2e-3, warmup_epochs=0.2,
                       weight_decay=0.01, num_workers=0, eval_every=plan.finetune_epochs, log_every=50)
     t0 = time.perf_counter()
     results = train(model, data, cfg, work / method, log=lambda s: None)
@@ -122,11 +158,12 @@ def inference_throughput(models: dict[str, torch.nn.Module], x: torch.Tensor, ro
 
 
 def peak_memory_mb(method: str, batch_size: int) -> dict[str, float]:
-    """Training and inference peak of the method in a fresh process (as `sparse-tuning bench`)."""
-    from .bench import BenchSetup, measure_memory
+    """Inference, then training peak of the method in one fresh process (see bench.py)."""
+    from .bench import BenchSetup, measure_phases
 
     setup = BenchSetup(MODEL, batch_size=batch_size, num_classes=len(TASKS["target"]))
-    return {phase: measure_memory(setup, method, phase) / 2 ** 20 for phase in ("train", "infer")}
+    infer, train_ = measure_phases(setup, method, ("infer", "train"))
+    return {"infer": infer / 2 ** 20, "train": train_ / 2 ** 20}
 
 
 def run_demo(out: str | Path, quick: bool = False, log: Callable[[str], None] = print) -> dict:
@@ -134,15 +171,16 @@ def run_demo(out: str | Path, quick: bool = False, log: Callable[[str], None] = 
     out = Path(out)
     work = out / "runs"
     t_start = time.perf_counter()
-    backbone = pretrained_backbone(plan, work, log)
-    data = shapes_data("target", plan.finetune_images, plan.test_images)
+    backbone = pretrained_backbone(plan, log)
+    train_set, _ = materialize("target", "train", plan.finetune_images)
+    test_set, test = materialize("target", "test", plan.test_images)
+    data = ImageData(train_set, test_set, len(TASKS["target"]), list(TASKS["target"]), "test")
     log(f"fine-tuning the frozen backbone on the target task: {', '.join(METHODS)}")
     models, rows = {}, []
     for method in METHODS:
         models[method], row = finetune(method, backbone, data, plan, work, log)
         rows.append(row)
-    test = data.eval
-    x = torch.stack([test[i][0] for i in range(min(plan.batch_size, len(test)))])
+    x = test_set.tensors[0][:plan.batch_size]
     speed = inference_throughput(models, x)
     for row in rows:
         row["infer_images_per_s"] = speed[row["method"]]
@@ -153,7 +191,7 @@ def run_demo(out: str | Path, quick: bool = False, log: Callable[[str], None] = 
     st_model = models["sparse-tuning"]
     recall = measure_recall(st_model, test, n=min(256, len(test)))
     figure = kept_tokens_figure(*sample_figure(st_model, test), patch=4, path=out / "kept_tokens.png")
-    sweep = keep_rate_sweep(st_model, test, out / "keep_rate.png")
+    sweep = keep_rate_sweep(st_model, test_set, out / "keep_rate.png")
     elapsed = time.perf_counter() - t_start
     report = write_report(out, plan, rows, recall, sweep, elapsed)
     log(f"report: {report}; pictures: {figure}, {out / 'keep_rate.png'} ({elapsed:.0f} s in all)")
@@ -181,7 +219,7 @@ def sample_figure(model, test: ShapesDataset, n: int = 6):
     return images, masks
 
 
-def keep_rate_sweep(model, test: ShapesDataset, path: Path) -> list[dict]:
+def keep_rate_sweep(model, test: TensorDataset, path: Path) -> list[dict]:
     """Accuracy and GFLOPs of the trained model across keep rates, no retraining."""
     import matplotlib
 
@@ -214,6 +252,8 @@ def write_report(out: Path, plan: DemoPlan, rows: list[dict], recall: dict, swee
              f"{platform.platform()}; torch {torch.__version__}; {seconds:.0f} s in all.",
              f"Backbone: `{MODEL}` (12 blocks, width 64, 32x32 images, 64 patches), pre-trained on the source "
              f"shapes ({', '.join(TASKS['source'])}), frozen; target task: {', '.join(TASKS['target'])}.",
+             f"Pre-training: {plan.pretrain_steps} steps of {plan.batch_size} images (classification plus a "
+             f"per-patch shape/background head, dropped afterwards).",
              f"Fine-tuning: {plan.finetune_epochs} epoch(s) x {plan.finetune_images} images, batch {plan.batch_size}, "
              f"same recipe for every method; test: {plan.test_images} images.", "",
              "| method | top-1 | trainable params | MFLOPs / image | training time (s) | inference (img/s) |"
@@ -225,8 +265,8 @@ def write_report(out: Path, plan: DemoPlan, rows: list[dict], recall: dict, swee
         if "train_memory_mb" in r:
             line += f" {r['train_memory_mb']:.0f} | {r['infer_memory_mb']:.0f} |"
         lines.append(line)
-    lines += ["", "Memory: peak resident memory of a fresh process during two steps, minus what it held before "
-              "(as `sparse-tuning bench` measures on CPU).", "",
+    lines += ["", "Memory: peak resident memory during two steps, minus what the process held before, in one "
+              "fresh process per method (inference first, then training).", "",
               "## Foreground recall", "",
               f"Share of the foreground patches (>= 25% shape; {recall['foreground_patches_per_image']:.1f} per image "
               f"on average) still kept after each sparsification step of the trained Sparse-Tuning model, over "

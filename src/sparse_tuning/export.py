@@ -6,6 +6,7 @@ dimension, which stays dynamic.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -49,7 +50,10 @@ def export_model(model: nn.Module, run_config: dict[str, Any], fmt: str, out: st
         batch = torch.export.Dim("batch", min=1, max=4096)
         torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)), str(out))
     else:
-        with torch.no_grad():
+        # Token counts are Python ints of the input size; the tracer warns that they become
+        # constants, which is right: the graph is for this input size, any batch.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(model, x, check_trace=False)
         traced.save(str(out))
     return out

@@ -51,19 +51,18 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
 def draw_sample(kind: str, rng: np.random.Generator, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(image HxWx3 uint8, foreground mask HxW float in [0, 1]) of one shape on clutter."""
     big = size * SCALE
-    # Background: blurred colour noise plus fine grain.
+    # Background: muted, blurred colour noise plus fine grain, so the shape is findable but not alone.
     coarse = rng.random((size // 4, size // 4, 3))
     bg = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((big, big), Image.BICUBIC), dtype=np.float32)
-    bg = 0.55 * bg + 0.45 * rng.random((big, big, 3)) * 255
+    bg = 40 + 0.35 * bg + 0.25 * rng.random((big, big, 3)) * 255
     img = Image.fromarray(bg.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for _ in range(rng.integers(3, 7)):  # distractor strokes
+    for _ in range(rng.integers(2, 5)):  # distractor strokes
         x0, y0, x1, y1 = rng.random(4) * big
-        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
-                  width=int(rng.integers(1, 3)) * SCALE)
-    r = rng.uniform(0.14, 0.22) * big
+        draw.line([(x0, y0), (x1, y1)], fill=tuple(int(v) for v in rng.integers(0, 256, 3)), width=SCALE)
+    r = rng.uniform(0.2, 0.3) * big
     cx, cy = rng.uniform(r + SCALE, big - r - SCALE, 2)
-    angle = rng.uniform(-0.5, 0.5)
+    angle = rng.uniform(-0.4, 0.4)
     colour = tuple(int(v) for v in rng.integers(0, 256, 3))
     mask = Image.new("L", (big, big), 0)
     mdraw = ImageDraw.Draw(mask)
@@ -109,7 +108,7 @@ class ShapesDataset(Dataset):
 
     def __getitem__(self, i: int):
         image, _, label = self.sample(i)
-        x = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
         return (x - self.mean) / self.std, label
 
 

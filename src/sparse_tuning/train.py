@@ -215,6 +215,8 @@ def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Pa
         set_rng_state(state["rng"])
         step, best = state["step"], state["best"]
         log(f"resumed from {folder} at step {step} (epoch {step // steps_per_epoch})")
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(run_dir / "metrics.jsonl", d.main, step)
 
     def checkpoint() -> None:
