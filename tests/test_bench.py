@@ -2,7 +2,6 @@
 import csv
 import json
 
-import pytest
 from datasets import make_folder
 from PIL import Image
 

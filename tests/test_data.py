@@ -2,7 +2,6 @@
 import pytest
 import torch
 from datasets import class_image, make_cifar100, make_folder, make_food101, make_svhn, make_vtab_task
-from PIL import Image
 from torch.utils.data import DataLoader
 
 import timm

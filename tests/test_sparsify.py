@@ -66,7 +66,7 @@ def test_no_op_when_everything_is_kept():
 def test_same_step_applies_to_other_tensors():
     """An adapter output follows the tokens: same indices, same weights."""
     g = torch.Generator().manual_seed(3)
-    x, a, scores = torch.randn(2, 9, 4, generator=g), torch.randn(2, 9, 6, generator=g), torch.rand(2, 8, generator=g)
+    a, scores = torch.randn(2, 9, 6, generator=g), torch.rand(2, 8, generator=g)
     step = plan_step(scores, 5, "mean")
     full_scores = torch.cat([torch.zeros(2, 1), scores], dim=1)
     assert torch.allclose(apply_step(a, step, 1), _by_hand(a, full_scores, 5, 1, "mean"), atol=1e-6)

@@ -8,7 +8,7 @@ import torch
 from datasets import make_folder, make_vtab_task
 from safetensors.torch import save_file
 
-import sparse_tuning  # noqa: F401
+import sparse_tuning  # noqa: F401  (registers the small ViTs)
 from sparse_tuning.cli import main
 from sparse_tuning.run import build_model, resolve_config
 from sparse_tuning.vtab import vtab_table

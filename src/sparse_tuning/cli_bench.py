@@ -14,7 +14,6 @@ import torch
 
 from .bench import EAGER, BenchSetup, markdown_table, plot, run_bench
 from .flops import flop_report
-from .methods import METHODS
 from .run import eval_run, load_run, read_run_config
 from .train import resolve_device
 

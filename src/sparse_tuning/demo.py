@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch.utils.data import TensorDataset
 
-from . import models  # noqa: F401  (registers the demo's ViT with timm)
 from .adapter_io import atomic_write_bytes
 from .api import count_params
 from .data import ImageData
@@ -176,19 +175,19 @@ def run_demo(out: str | Path, quick: bool = False, log: Callable[[str], None] = 
     test_set, test = materialize("target", "test", plan.test_images)
     data = ImageData(train_set, test_set, len(TASKS["target"]), list(TASKS["target"]), "test")
     log(f"fine-tuning the frozen backbone on the target task: {', '.join(METHODS)}")
-    models, rows = {}, []
+    trained, rows = {}, []
     for method in METHODS:
-        models[method], row = finetune(method, backbone, data, plan, work, log)
+        trained[method], row = finetune(method, backbone, data, plan, work, log)
         rows.append(row)
     x = test_set.tensors[0][:plan.batch_size]
-    speed = inference_throughput(models, x)
+    speed = inference_throughput(trained, x)
     for row in rows:
         row["infer_images_per_s"] = speed[row["method"]]
         if not quick:
             mem = peak_memory_mb(row["method"], plan.batch_size)
             row["train_memory_mb"], row["infer_memory_mb"] = mem["train"], mem["infer"]
 
-    st_model = models["sparse-tuning"]
+    st_model = trained["sparse-tuning"]
     recall = measure_recall(st_model, test, n=min(256, len(test)))
     figure = kept_tokens_figure(*sample_figure(st_model, test), patch=4, path=out / "kept_tokens.png")
     sweep = keep_rate_sweep(st_model, test_set, out / "keep_rate.png")

@@ -39,8 +39,8 @@ def class_attention_scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
     q, k: (B, H, N, D). Returns (B, N). Only the class row is formed: O(N) work, so a block can
     keep its fused attention kernel and still get the scores the method needs.
     """
-    logits = (q[:, :, :1].float() * scale) @ k.float().transpose(-2, -1)  # (B, H, 1, N)
-    return logits.softmax(dim=-1)[:, :, 0].mean(dim=1)
+    logits = (q[:, :, :1] * scale) @ k.transpose(-2, -1)  # (B, H, 1, N), in the compute dtype
+    return logits.softmax(dim=-1, dtype=torch.float32)[:, :, 0].mean(dim=1)
 
 
 def plan_step(scores: Tensor, k: int, merge: str) -> SparsifyStep:
