@@ -92,3 +92,61 @@ def make_food101(root: Path, classes: int = 3, train: int = 4, test: int = 2) ->
             listing[name] = [f"{name}/{ident}" for ident in ids]
         (base / "meta" / f"{split}.json").write_text(json.dumps(listing))
     return root
+
+
+def moving_square_frames(n: int, size: int = 32, label: int = 0) -> list[np.ndarray]:
+    """A square moving right (label 0) or down (label 1); a white bar at x = 3 * i % size marks
+    frame i, so a test can tell which frame it got."""
+    frames = []
+    for i in range(n):
+        a = np.full((size, size, 3), 40, np.uint8)
+        p = (i * 2) % (size - 8)
+        if label % 2 == 0:
+            a[12:20, p:p + 8] = (230, 60, 60)
+        else:
+            a[p:p + 8, 12:20] = (60, 60, 230)
+        a[size - 4:, (3 * i) % size] = 255
+        frames.append(a)
+    return frames
+
+
+def write_mp4(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = 2_000_000
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_frame_folder(path: Path, frames: list[np.ndarray]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(path / f"img_{i:05d}.jpg", quality=95)
+    return path
+
+
+def make_video_root(root: Path, kind: str = "mp4", per_class: int = 4, frames: int = 24) -> Path:
+    """ROOT/train.csv and ROOT/val.csv ('path label'), two classes of moving squares."""
+    lines = {"train": [], "val": []}
+    for split, n in (("train", per_class), ("val", 2)):
+        for label in (0, 1):
+            for i in range(n):
+                name = f"videos/{split}_{label}_{i}" + (".mp4" if kind == "mp4" else "")
+                clip = moving_square_frames(frames + i, label=label)
+                if kind == "mp4":
+                    write_mp4(root / name, clip)
+                else:
+                    write_frame_folder(root / name, clip)
+                lines[split].append(f"{name} {label}")
+    for split, ls in lines.items():
+        (root / f"{split}.csv").write_text("\n".join(ls) + "\n")
+    return root

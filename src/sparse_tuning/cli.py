@@ -45,6 +45,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
     model = build_architecture(args.model, args.img_size, args.num_classes)
     check_supported(model)
     size = (3, *model.patch_embed.img_size)
+    if args.frames:
+        return _video_flops(args, model, config)
     dense = flop_report(model, size).gflops
     if args.method != "dense":
         prepare(model, args.method, config)
@@ -79,6 +81,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _video_flops(args: argparse.Namespace, model, config) -> int:
+    from .video import video_flops
+
+    dense = video_flops(model, args.frames, args.video_tokens, args.tubelet)
+    if args.method != "dense":
+        prepare(model, args.method, config)
+    gflops = video_flops(model, args.frames, args.video_tokens, args.tubelet)
+    total, trainable = count_params(model)
+    if args.json:
+        print(json.dumps({"model": args.model, "method": args.method, "frames": args.frames,
+                          "video_tokens": args.video_tokens, "tubelet": args.tubelet, "gflops": gflops,
+                          "dense_gflops": dense, "params_total": total, "params_trainable": trainable}))
+        return 0
+    layout = f"{args.video_tokens} tokens" + (f", tubelet {args.tubelet}" if args.video_tokens == "joint" else "")
+    print(f"model        {args.model}, {args.frames} frames ({layout})")
+    print(f"method       {args.method}")
+    print(f"GFLOPs       {gflops:.2f} per clip  ({100 * gflops / dense:.1f}% of dense {dense:.2f})")
+    print(f"parameters   {total:,} total, {trainable:,} trainable (image model)")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparse-tuning",
@@ -94,6 +117,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--bottleneck", type=int, default=32, help="Dense Adapter width (default: %(default)s)")
     p.add_argument("--sparsify-at", default=None, help="comma-separated 0-based blocks (default: 3,6,9 scaled)")
     p.add_argument("--merge", choices=("mean", "sum", "drop"), default=None)
+    p.add_argument("--frames", type=int, default=None, help="count one video clip of this many frames")
+    p.add_argument("--video-tokens", choices=("joint", "frames"), default="joint",
+                   help="joint: spatio-temporal tokens; frames: each frame on its own")
+    p.add_argument("--tubelet", type=int, default=2, help="frames per token in the joint layout")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_flops)
     p = sub.add_parser("demo", help="offline demo: pre-train a small ViT, fine-tune it with every method, report")

@@ -11,19 +11,21 @@ from typing import Any
 
 from .config import FUSIONS, MERGES, SparseTuningConfig
 from .methods import METHODS, BaselineConfig
-from .run import eval_run, load_config_file, predict_run, read_run_config, resolve_config, train_run
+from .run import VideoConfig, eval_run, load_config_file, predict_run, read_run_config, resolve_config, train_run
 from .train import TrainConfig
 from .vtab import VTAB_TASKS, run_vtab
 
 TOP_LEVEL = {  # option: (argparse kwargs)
     "model": dict(help="timm model name, e.g. vit_base_patch16_224.augreg_in21k"),
-    "data": dict(help="folder:PATH | vtab:ROOT/TASK | cifar100:ROOT | svhn:ROOT | food101:ROOT"),
+    "data": dict(help="folder:PATH | vtab:ROOT/TASK | cifar100:ROOT | svhn:ROOT | food101:ROOT | "
+                      "kinetics:ROOT | ssv2:ROOT | frames:ROOT | videolist:TRAIN[,EVAL]"),
     "method": dict(choices=METHODS, help="what trains (default: sparse-tuning)"),
     "preset": dict(choices=("vtab", "full"), help="the paper's recipe: vtab (b=8, lr 1e-2) or full (b=32)"),
     "weights": dict(help="local backbone weights: .safetensors, .pth, .bin or Google's .npz"),
     "img_size": dict(type=int, help="input size (default: the model's)"),
 }
-CHOICES = {"fusion": FUSIONS, "merge": MERGES, "amp": ("bf16", "fp16", "off")}
+CHOICES = {"fusion": FUSIONS, "merge": MERGES, "amp": ("bf16", "fp16", "off"), "video_tokens": ("joint", "frames"),
+           "flip": ("auto", "on", "off")}
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -59,9 +61,9 @@ def _add_fields(group, cls, prefix: str) -> None:
 
 def _layers(args: argparse.Namespace) -> list[dict[str, Any]]:
     """(config file, flags) as option layers."""
-    flags: dict[str, Any] = {"sparse_tuning": {}, "baseline": {}, "train": {}}
+    flags: dict[str, Any] = {"sparse_tuning": {}, "baseline": {}, "video": {}, "train": {}}
     for key, value in vars(args).items():
-        if key.startswith(("sparse_tuning.", "baseline.", "train.")):
+        if key.startswith(("sparse_tuning.", "baseline.", "video.", "train.")):
             section, name = key.split(".", 1)
             flags[section][name] = value
         elif key in TOP_LEVEL or key in ("pretrained", "download", "strict_data"):
@@ -164,4 +166,5 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict-data", action="store_true", default=None, help="fail on unreadable images")
     _add_fields(p.add_argument_group("Sparse-Tuning"), SparseTuningConfig, "sparse_tuning")
     _add_fields(p.add_argument_group("other methods (--method adapter|adaptformer|lora|vpt)"), BaselineConfig, "baseline")
+    _add_fields(p.add_argument_group("video (kinetics:, ssv2:, frames:, videolist: data)"), VideoConfig, "video")
     _add_fields(p.add_argument_group("training"), TrainConfig, "train")

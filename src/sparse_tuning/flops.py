@@ -73,9 +73,21 @@ def flop_report(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
                 device: Optional[torch.device] = None) -> FlopReport:
     """Count one forward of a (1, *input_size) input; works on the meta device (no weights)."""
     check_input_size(model, input_size)
+    gflops = count_model_flops(model, (1, *input_size), device)
+    st = getattr(model, "sparse_tuning", None)
+    if isinstance(st, SparseTuningState):
+        tokens = list(st.last_tokens)
+    else:
+        n = _num_tokens(model, input_size)
+        tokens = [(n, n)] * len(getattr(model, "blocks", []))
+    return FlopReport(gflops, tokens)
+
+
+def count_model_flops(model: nn.Module, input_shape: tuple[int, ...], device: Optional[torch.device] = None) -> float:
+    """GFLOPs (1e9 multiply-accumulates) of one forward of a zero input of `input_shape`."""
     ref = next(model.parameters())
     device = ref.device if device is None else device
-    x = torch.zeros((1, *input_size), device=device, dtype=ref.dtype)
+    x = torch.zeros(input_shape, device=device, dtype=ref.dtype)
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.native_layer_norm: _layer_norm_flops})
     was_training = model.training
     model.eval()
@@ -84,13 +96,7 @@ def flop_report(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
             model(x)
     finally:
         model.train(was_training)
-    st = getattr(model, "sparse_tuning", None)
-    if isinstance(st, SparseTuningState):
-        tokens = list(st.last_tokens)
-    else:
-        n = _num_tokens(model, input_size)
-        tokens = [(n, n)] * len(getattr(model, "blocks", []))
-    return FlopReport(counter.get_total_flops() / 2 / 1e9, tokens)
+    return counter.get_total_flops() / 2 / 1e9
 
 
 def count_flops(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> float:

@@ -22,6 +22,27 @@ from .config import SparseTuningConfig
 from .data import load_image_data, parse_data_spec
 from .methods import METHODS, SPARSE_TUNING_METHODS, BaselineConfig, method_config, prepare
 from .train import TrainConfig, evaluate, resolve_device, train
+from .video import VideoViT
+from .video_data import VIDEO_KINDS, VideoOptions, defaults_for, load_video_data
+
+
+@dataclasses.dataclass
+class VideoConfig:
+    frames: int = 0                 # frames per clip; 0 for image data
+    video_tokens: str = "joint"     # joint (spatio-temporal tokens) or frames (each frame alone)
+    tubelet: int = 2                # frames per token in the joint layout
+    sampling_rate: int = 4          # dense sampling (Kinetics): every n-th frame
+    test_clips: int = 0             # temporal test views; 0: the dataset's default (K400 5, SSv2 2)
+    test_crops: int = 0             # spatial test views; 0: the dataset's default (3)
+    flip: str = "auto"              # training flip: auto (off for SSv2), on, off
+
+    def __post_init__(self) -> None:
+        if self.video_tokens not in ("joint", "frames"):
+            raise ValueError(f"video_tokens={self.video_tokens!r}: expected joint or frames")
+        if self.flip not in ("auto", "on", "off"):
+            raise ValueError(f"flip={self.flip!r}: expected auto, on or off")
+        if self.frames < 0 or self.tubelet < 1 or self.sampling_rate < 1:
+            raise ValueError("frames must be >= 0, tubelet and sampling_rate >= 1")
 
 # Preset overrides: the paper's VTAB-1K recipe and its complete-dataset one.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -36,7 +57,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 DEFAULTS: dict[str, Any] = {
     "model": None, "data": None, "method": "sparse-tuning", "pretrained": True, "weights": None,
     "img_size": None, "download": False, "strict_data": False, "preset": None,
-    "sparse_tuning": {}, "baseline": {}, "train": {},
+    "sparse_tuning": {}, "baseline": {}, "video": {}, "train": {},
 }
 
 
@@ -69,6 +90,11 @@ def resolve_config(*layers: dict[str, Any]) -> dict[str, Any]:
     config = method_config(out["method"], keep, **fields)
     out["sparse_tuning"] = config.to_dict() if config else None
     out["baseline"] = dataclasses.asdict(BaselineConfig(**out["baseline"]))
+    out["video"] = dataclasses.asdict(VideoConfig(**out["video"]))
+    kind = str(out["data"] or "").partition(":")[0]
+    if (kind in VIDEO_KINDS) != bool(out["video"]["frames"]):
+        raise ValueError("video data (kinetics:, ssv2:, frames:, videolist:) needs --frames N, and --frames "
+                         "needs video data")
     return out
 
 
@@ -164,7 +190,28 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
         load_weights(model, cfg["weights"])
     st_config = SparseTuningConfig.from_dict(cfg["sparse_tuning"]) if cfg["sparse_tuning"] else None
     prepare(model, cfg["method"], st_config, BaselineConfig(**cfg.get("baseline", {})))
+    video = cfg.get("video") or {}
+    if video.get("frames"):
+        model = VideoViT(model, video["frames"], video["video_tokens"], video["tubelet"])
     return model
+
+
+def load_data(cfg: dict[str, Any], probe: nn.Module, data: Optional[str] = None):
+    """Image or video datasets for a run config (data overrides its spec)."""
+    spec = data or cfg["data"]
+    kind, _, path = spec.partition(":")
+    if kind not in VIDEO_KINDS:
+        return load_image_data(spec, probe, download=cfg["download"], strict=cfg["strict_data"])
+    v = cfg["video"]
+    opts = VideoOptions(frames=v["frames"], rate=v["sampling_rate"], size=probe.patch_embed.img_size[0],
+                        **defaults_for(kind))
+    if v["test_clips"]:
+        opts.test_clips = v["test_clips"]
+    if v["test_crops"]:
+        opts.test_crops = v["test_crops"]
+    if v["flip"] != "auto":
+        opts.flip = v["flip"] == "on"
+    return load_video_data(kind, path, opts, strict=cfg["strict_data"])
 
 
 def train_run(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False) -> dict[str, Any]:
@@ -172,9 +219,8 @@ def train_run(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False) ->
     run_dir = Path(run_dir)
     if not cfg.get("model") or not cfg.get("data"):
         raise ValueError("train needs --model NAME and --data SPEC")
-    spec = parse_data_spec(cfg["data"])
     probe = build_architecture(cfg["model"], cfg.get("img_size"))  # for its data config
-    data = load_image_data(spec, probe, download=cfg["download"], strict=cfg["strict_data"])
+    data = load_data(cfg, probe)
     cfg = {**cfg, "num_classes": data.num_classes, "classes": data.classes}
     model = build_model(cfg, data.num_classes)
     if _is_main():
@@ -185,7 +231,7 @@ def train_run(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False) ->
     if _is_main():
         save_trainable(model, run_dir / "trainable.safetensors", meta)
         if cfg["method"] in SPARSE_TUNING_METHODS:  # the portable file for sparse_tuning.load_adapters
-            save_adapters(model, run_dir / "adapters.safetensors")
+            save_adapters(getattr(model, "vit", model), run_dir / "adapters.safetensors")
         results = {"eval_split": data.eval_split, **results,
                    "note": "final = last epoch; best = highest top-1 over the evaluated epochs"}
         atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
@@ -218,7 +264,7 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
              device: str = "auto", batch_size: int = 128) -> dict[str, Any]:
     model, cfg = load_run(run_dir, keep_rate)
     device = resolve_device(device)
-    images = load_image_data(data or cfg["data"], model, strict=cfg["strict_data"])
+    images = load_data(cfg, getattr(model, "vit", model), data)
     if images.num_classes != cfg["num_classes"]:
         raise ValueError(f"the data has {images.num_classes} classes; the run was trained on {cfg['num_classes']}")
     result = evaluate(model.to(device), images.eval, batch_size, device, cfg["train"]["amp"])
@@ -232,6 +278,8 @@ def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rat
     from .data import make_transforms, rgb_loader
 
     model, cfg = load_run(run_dir, keep_rate)
+    if cfg.get("video", {}).get("frames"):
+        raise ValueError("predict reads images; for a video run, use eval")
     device = resolve_device(device)
     model.to(device)
     _, transform = make_transforms(model, parse_data_spec(cfg["data"]).augment)
