@@ -62,3 +62,12 @@ def test_readme_demo_figures_are_in_the_committed_report():
     model, rand = data["recall"]["model"], data["recall"]["random"]
     assert f"holds {model[0]:.2f}, {model[1]:.2f} and {model[2]:.2f} of the foreground" in readme
     assert f"would hold {rand[0]:.2f}, {rand[1]:.2f} and {rand[2]:.2f}" in readme
+
+
+def test_readme_video_figures_are_in_the_benchmark_file():
+    rows = {(r["video_tokens"], r["method"]): r["gflops"]
+            for r in json.loads((ROOT / "benchmarks" / "flops_video.json").read_text())["rows"]}
+    readme = (ROOT / "README.md").read_text()
+    jd, js = rows[("joint", "dense")], rows[("joint", "sparse-tuning")]
+    assert f"joint layout {jd:.2f} GFLOPs dense,\n{js:.2f} with Sparse-Tuning ({100 * (1 - js / jd):.0f}% fewer" in readme
+    assert f"frames layout {rows[('frames', 'dense')]:.2f} and {rows[('frames', 'sparse-tuning')]:.2f}" in readme
