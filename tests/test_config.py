@@ -39,3 +39,10 @@ def test_round_trip_through_dict():
     assert st.SparseTuningConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown Sparse-Tuning config field"):
         st.SparseTuningConfig.from_dict({"keeprate": 0.5})
+
+
+def test_each_model_owns_its_config():
+    cfg = st.SparseTuningConfig()
+    a, b = st.apply(tiny_vit(), cfg), st.apply(tiny_vit(), cfg)
+    a.sparse_tuning.keep_rate = 0.5
+    assert b.sparse_tuning.keep_rate == 0.7 and cfg.keep_rate == 0.7

@@ -7,6 +7,7 @@ submodule and state-dict key; each block gains one new submodule, ``adapter``. T
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -201,6 +202,7 @@ def _sparse_tuning_class(cls: type) -> type:
 def patch_vit(model: VisionTransformer, config: SparseTuningConfig) -> SparseTuningState:
     """Patch ``model`` in place and return its state object; the model must be supported."""
     check_supported(model)
+    config = dataclasses.replace(config)  # the model's own copy: its keep rate changes alone
     depth = len(model.blocks)
     sparsify_at = config.resolve_sparsify_at(depth)
     state = SparseTuningState(config, sparsify_at, model.num_prefix_tokens, model.blocks)
