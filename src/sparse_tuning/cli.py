@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from typing import Optional, Sequence
@@ -20,18 +21,12 @@ FLOPS_METHODS = METHODS + ("dense",)
 def _tokens_line(tokens: Sequence[tuple[int, int]]) -> str:
     """'197 x3 | 197->140 | 140 x2 | ...': runs of equal blocks folded."""
     parts: list[str] = []
-    i = 0
-    while i < len(tokens):
-        n_in, n_out = tokens[i]
+    for (n_in, n_out), run in itertools.groupby(tokens):
+        count = len(list(run))
         if n_in != n_out:
-            parts.append(f"{n_in}->{n_out}")
-            i += 1
-            continue
-        j = i
-        while j < len(tokens) and tokens[j] == (n_in, n_in):
-            j += 1
-        parts.append(f"{n_in} x{j - i}" if j - i > 1 else f"{n_in}")
-        i = j
+            parts += [f"{n_in}->{n_out}"] * count
+        else:
+            parts.append(f"{n_in} x{count}" if count > 1 else f"{n_in}")
     return " | ".join(parts)
 
 
