@@ -96,16 +96,11 @@ class VideoViT(nn.Module):
 
 
 def check_video_backbone(vit: nn.Module) -> None:
-    check_supported_or_applied(vit)
-    if getattr(vit, "dist_token", None) is not None:
-        raise ValueError("distilled DeiT models are not supported for video (two heads, two prefix tokens)")
-
-
-def check_supported_or_applied(vit: nn.Module) -> None:
+    """A ViT the image path supports (checked before a method is applied), not distilled."""
     if getattr(vit, "sparse_tuning", None) is None:
         check_supported(vit)
-    elif not isinstance(vit, VisionTransformer):
-        raise ValueError(f"{type(vit).__name__} is not a timm VisionTransformer")
+    if getattr(vit, "dist_token", None) is not None:
+        raise ValueError("distilled DeiT models are not supported for video (two heads, two prefix tokens)")
 
 
 def kept_positions(model: VideoViT) -> list[torch.Tensor]:
