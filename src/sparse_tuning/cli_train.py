@@ -56,6 +56,8 @@ def _add_fields(group, cls, prefix: str) -> None:
             kw["type"] = int
         if f.name in CHOICES:
             kw["choices"] = CHOICES[f.name]
+        else:
+            kw["metavar"] = f.name.upper()
         group.add_argument(flag, help=f"(default: {f.default})", **kw)
 
 
