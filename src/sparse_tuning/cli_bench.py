@@ -14,8 +14,8 @@ import torch
 
 from .bench import EAGER, BenchSetup, markdown_table, plot, run_bench
 from .flops import flop_report
-from .run import eval_run, load_run, read_run_config
-from .train import resolve_device
+from .run import load_eval_data, load_run, read_run_config
+from .train import evaluate, resolve_device
 
 BENCH_ORDER = ("full", "linear", "adapter", "adaptformer", "lora", "vpt", "ts-only", "da-only", "sparse-tuning", EAGER)
 
@@ -73,13 +73,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     model, cfg = load_run(args.run)
     if getattr(model, "sparse_tuning", None) is None or not model.sparse_tuning.sparsify_at:
         raise ValueError(f"sweep needs a run that sparsifies tokens; this one used --method {cfg['method']}")
+    if cfg.get("video", {}).get("frames"):
+        raise ValueError("sweep measures image runs; for a video run, use eval --keep-rate")
+    images = load_eval_data(model, cfg, args.data)  # loaded once, evaluated at every keep rate
+    model.to(device).eval()
     rows = []
     size = (3, *model.patch_embed.img_size)
     x = torch.randn(args.batch_size, *size, device=device)
     for rate in rates:
-        result = eval_run(args.run, args.data, rate, device=device)
         model.sparse_tuning.keep_rate = rate
-        model.to(device).eval()
+        result = evaluate(model, images.eval, args.batch_size, device, cfg["train"]["amp"])
         gflops = flop_report(model, size).gflops
         times = []
         with torch.no_grad():

@@ -260,13 +260,19 @@ def load_run(run_dir: str | Path, keep_rate: Optional[float] = None) -> tuple[nn
     return model.eval(), cfg
 
 
+def load_eval_data(model: nn.Module, cfg: dict[str, Any], data: Optional[str] = None):
+    """A run's data (or another spec), checked against the number of classes it was trained on."""
+    images = load_data(cfg, getattr(model, "vit", model), data)
+    if images.num_classes != cfg["num_classes"]:
+        raise ValueError(f"the data has {images.num_classes} classes; the run was trained on {cfg['num_classes']}")
+    return images
+
+
 def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optional[float] = None,
              device: str = "auto", batch_size: int = 128) -> dict[str, Any]:
     model, cfg = load_run(run_dir, keep_rate)
     device = resolve_device(device)
-    images = load_data(cfg, getattr(model, "vit", model), data)
-    if images.num_classes != cfg["num_classes"]:
-        raise ValueError(f"the data has {images.num_classes} classes; the run was trained on {cfg['num_classes']}")
+    images = load_eval_data(model, cfg, data)
     result = evaluate(model.to(device), images.eval, batch_size, device, cfg["train"]["amp"])
     st = getattr(model, "sparse_tuning", None)
     result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0)
