@@ -61,3 +61,20 @@ def test_parameter_counts(fusion, params):
 def test_wrong_input_count_is_refused():
     with pytest.raises(ValueError, match="takes 2 inputs"):
         DenseAdapter(8, 4, num_inputs=2)(_inputs(3))
+
+
+@pytest.mark.parametrize("fusion", ["down-sum", "input-sum", "up-sum"])
+def test_factored_form_is_the_same_output(fusion):
+    """coeffs @ basis.T is the output; a later adapter fed the factored form computes the same."""
+    first, second = DenseAdapter(8, 4, 1, fusion), DenseAdapter(8, 4, 2, fusion)
+    _fill(first, seed=1)
+    _fill(second, seed=2)
+    x0, x1 = _inputs(2)
+    factored = first.forward_factored([x0])
+    dense = first([x0])
+    assert factored.coeffs.shape == (2, 5, 4 + 1) and factored.basis.shape == (8, 4 + 1)
+    assert torch.allclose(factored.dense(), dense, atol=1e-5)
+    assert torch.equal(factored.coeffs[..., -1], torch.ones(2, 5))  # every token has mass 1
+    w, b = torch.randn(3, 8), torch.randn(3)
+    assert torch.allclose(factored.project(w, b), F.linear(dense, w, b), atol=1e-4)
+    assert torch.allclose(second([x1, factored]), second([x1, dense]), atol=1e-4)

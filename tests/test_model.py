@@ -119,6 +119,7 @@ def test_kept_tokens_needs_a_forward():
 
 def test_earlier_adapter_output_follows_the_sparsification(images):
     model = st.apply(tiny_vit())
+    model.sparse_tuning.factored_history = False  # the reference formulation: outputs as tensors
     randomize_adapters(model)
     outputs, inputs = {}, {}
     for i, blk in enumerate(model.blocks):
@@ -145,6 +146,28 @@ def test_earlier_adapter_output_follows_the_sparsification(images):
     # Block 7 reads a_4, which crossed the step at block 6 only.
     assert torch.allclose(inputs[7][2], apply_step(outputs[4], steps[1], 1), atol=1e-6)
     assert inputs[7][0].shape == inputs[7][2].shape
+
+
+@pytest.mark.parametrize("merge,fusion", [
+    ("mean", "down-sum"), ("sum", "down-sum"), ("drop", "down-sum"), ("mean", "input-sum"), ("sum", "up-sum"),
+])
+def test_factored_history_matches_the_reference_formulation(images, merge, fusion):
+    """Earlier adapter outputs passed on factored give the same logits, kept tokens and gradients."""
+    def run(factored):
+        model = st.apply(tiny_vit(), st.SparseTuningConfig(merge=merge, fusion=fusion, keep_rate=0.5))
+        randomize_adapters(model, std=0.2)
+        model.sparse_tuning.factored_history = factored
+        model.train()
+        out = model(images)
+        (out ** 2).sum().backward()
+        return out, st.kept_tokens(model), {n: p.grad for n, p in st.trainable_named_parameters(model)}
+    out_f, kept_f, grads_f = run(True)
+    out_r, kept_r, grads_r = run(False)
+    assert torch.allclose(out_f, out_r, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(kept_f, kept_r))
+    assert grads_f.keys() == grads_r.keys()
+    for name in grads_f:
+        assert torch.allclose(grads_f[name], grads_r[name], atol=1e-5, rtol=1e-4), name
 
 
 @pytest.mark.parametrize("dense_inputs,downs", [

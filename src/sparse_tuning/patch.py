@@ -17,7 +17,7 @@ import torch.utils.checkpoint
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .adapter import DenseAdapter
+from .adapter import AdapterInput, DenseAdapter, FactoredOutput
 from .config import SparseTuningConfig, check_keep_rate
 from .sparsify import SparsifyStep, apply_step, class_attention_scores, original_positions, sparsify
 
@@ -31,6 +31,10 @@ class SparseTuningState:
         self.sparsify_at = sparsify_at
         self.num_prefix = num_prefix
         self.grad_checkpointing = False
+        # Pass earlier adapter outputs on in factored form (FactoredOutput): the same arithmetic
+        # with b+1 numbers per token instead of C. False runs the reference formulation, which
+        # the FLOP counter uses and the parity tests compare against.
+        self.factored_history = True
         self._blocks = blocks
         self.last_steps: list[Optional[SparsifyStep]] = []
         self.last_tokens: list[tuple[int, int]] = []   # (tokens in, tokens out) per block
@@ -100,8 +104,9 @@ class SparseTuningBlock(Block):
     st: SparseTuningState
     adapter: Optional[DenseAdapter]
 
-    def forward(self, x: torch.Tensor, history: Optional[tuple[torch.Tensor, ...]] = None, **kwargs):
-        """x (B, N, C); history: the outputs of the latest earlier adapters, oldest first.
+    def forward(self, x: torch.Tensor, history: Optional[tuple[AdapterInput, ...]] = None, **kwargs):
+        """x (B, N, C); history: the outputs of the latest earlier adapters, oldest first
+        (factored when ``st.factored_history``).
 
         Returns (x, history, step) for the next block.
         """
@@ -120,17 +125,29 @@ class SparseTuningBlock(Block):
             x, step = sparsify(x, scores, st.config.keep_rate, st.num_prefix, st.config.merge)
             if step is not None:
                 # Earlier adapter outputs follow the tokens: same kept indices, same merge weights.
-                history = tuple(apply_step(a, step, st.num_prefix) for a in history)
+                history = tuple(_follow(a, step, st.num_prefix) for a in history)
         else:
             x = x + self.drop_path1(self.ls1(self.attn(h)))
         out = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         if self.adapter is not None:
-            a = self.adapter([x] + [history[-d] for d in self.st_dense_inputs])
-            out = torch.add(out, a, alpha=st.config.scale)  # one pass, no scaled temporary
+            inputs = [x] + [history[-d] for d in self.st_dense_inputs]
+            if st.factored_history:
+                a = self.adapter.forward_factored(inputs)
+                out = torch.add(out, a.dense(), alpha=st.config.scale)
+            else:
+                a = self.adapter(inputs)
+                out = torch.add(out, a, alpha=st.config.scale)  # one pass, no scaled temporary
             # Keep only the outputs a later adapter will read (the latest max(dense_inputs)).
             keep = max(st.config.dense_inputs, default=0)
             history = (history + (a,))[-keep:] if keep else ()
         return out, history, step
+
+
+def _follow(a: AdapterInput, step: SparsifyStep, num_prefix: int) -> AdapterInput:
+    """An earlier adapter output (tensor or factored) after the tokens' sparsification step."""
+    if isinstance(a, FactoredOutput):
+        return a._replace(coeffs=apply_step(a.coeffs, step, num_prefix))
+    return apply_step(a, step, num_prefix)
 
 
 class SparseTuningBlocks(nn.Sequential):
@@ -141,7 +158,7 @@ class SparseTuningBlocks(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         st = self.st
-        history: tuple[torch.Tensor, ...] = ()
+        history: tuple[AdapterInput, ...] = ()
         steps: list[Optional[SparsifyStep]] = []
         tokens: list[tuple[int, int]] = []
         for blk in self:
