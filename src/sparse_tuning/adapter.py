@@ -31,6 +31,14 @@ class FactoredOutput(NamedTuple):
     def dense(self) -> Tensor:
         return F.linear(self.coeffs, self.basis)
 
+    def add_to_(self, out: Tensor, alpha: float = 1.0) -> Tensor:
+        """out += alpha * a in place, in out's dtype: one GEMM accumulating into out, with no
+        (B, N, C) temporary for a. out must be a tensor no one else reads."""
+        B, N, C = out.shape
+        coeffs = self.coeffs.to(out.dtype).reshape(B * N, -1)
+        out.view(B * N, C).addmm_(coeffs, self.basis.to(out.dtype).t(), alpha=alpha)
+        return out
+
 
 AdapterInput = Union[Tensor, FactoredOutput]
 

@@ -133,7 +133,7 @@ class SparseTuningBlock(Block):
             inputs = [x] + [history[-d] for d in self.st_dense_inputs]
             if st.factored_history:
                 a = self.adapter.forward_factored(inputs)
-                out = torch.add(out, a.dense(), alpha=st.config.scale)
+                out = a.add_to_(out, st.config.scale)  # out is the fresh sum above
             else:
                 a = self.adapter(inputs)
                 out = torch.add(out, a, alpha=st.config.scale)  # one pass, no scaled temporary
