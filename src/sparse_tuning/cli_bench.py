@@ -38,6 +38,17 @@ def run_accuracies(run_dirs: list[str]) -> dict[str, float]:
     return out
 
 
+def bench_markdown(meta: dict, rows: list[dict]) -> str:
+    """bench.md: how it was measured (command, date, machine), then the table."""
+    setup = meta["setup"]
+    lines = [f"# {setup['model']}, {setup['device']}, batch {setup['batch_size']}, amp {setup['amp']}", "",
+             f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
+             f"- torch: {meta['torch']}",
+             f"- timing: median of {meta['rounds']} interleaved rounds after {meta['warmup']} warm-up round(s)",
+             f"- memory: {meta['memory']}", "", markdown_table(rows), ""]
+    return "\n".join(lines)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     methods = list(BENCH_ORDER) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in BENCH_ORDER]
@@ -61,8 +72,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "bench.md").write_text(f"# {args.model}, {device}, batch {args.batch_size}, amp {args.amp}\n\n"
-                                  f"{json.dumps(meta)}\n\n{table}\n")
+    (out / "bench.md").write_text(bench_markdown(meta, rows))
     plot(rows, str(out / "bench.png"), f"{args.model} on {meta['machine']}, batch {args.batch_size}")
     return 0
 
