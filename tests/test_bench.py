@@ -26,6 +26,9 @@ def test_bench_every_method_without_memory(tmp_path, capsys):
     assert table.count("\n") >= 11 and "| sparse-tuning |" in table
     with open(tmp_path / "bench.csv") as f:
         assert len(list(csv.DictReader(f))) == 10
+    md = (tmp_path / "bench.md").read_text()
+    assert f"- command: `sparse-tuning bench --model {MODEL}" in md and "- machine: " in md
+    assert table.strip() in md
     with Image.open(tmp_path / "bench.png") as img:
         assert img.size[0] > img.size[1] > 100
 

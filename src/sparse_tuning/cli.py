@@ -129,7 +129,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
+    args.argv = argv  # recorded by commands that write how they were run
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, TrainingError) as e:  # DataError is a ValueError

@@ -6,7 +6,7 @@ import csv
 import datetime
 import json
 import platform
-import sys
+import shlex
 import time
 from pathlib import Path
 
@@ -58,7 +58,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     setup = BenchSetup(args.model, args.img_size, args.batch_size, device, args.amp)
     accuracy = run_accuracies(args.runs) if args.runs else None
     rows = run_bench(setup, methods, args.rounds, args.warmup, memory=not args.no_memory, accuracy=accuracy)
-    meta = {"command": "sparse-tuning " + " ".join(sys.argv[1:]),
+    meta = {"command": "sparse-tuning " + shlex.join(args.argv),
             "date": datetime.date.today().isoformat(), "machine": _machine(device), "torch": torch.__version__,
             "setup": setup.__dict__, "rounds": args.rounds, "warmup": args.warmup,
             "memory": "cuda max_memory_allocated" if device.startswith("cuda") else
