@@ -77,7 +77,7 @@ def _layers(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
-        given = [k for k, v in vars(args).items() if k not in ("command", "func", "resume", "out", "config")
+        given = [k for k, v in vars(args).items() if k not in ("command", "func", "argv", "resume", "out", "config")
                  and v not in (None,)]
         if given or args.out or args.config:
             raise ValueError("--resume RUN_DIR continues a run with its own config.json; give no other options")
