@@ -207,7 +207,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
 
     panels = [("train_step_s", "training step (s)"), ("train_memory_mb", "training memory (MB)"),
               ("infer_images_per_s", "inference (images/s)"), ("infer_memory_mb", "inference memory (MB)"),
-              ("gflops", "GFLOPs"), ("params_trainable", "trainable parameters (M)"), ("top1", "top-1 (%)")]
+              ("gflops", "GFLOPs"), ("params_trainable", "trainable parameters (M, log)"), ("top1", "top-1 (%)")]
     panels = [p for p in panels if any(p[0] in r for r in rows)]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     names = [r["method"] for r in rows]
@@ -215,6 +215,8 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
     for ax, (key, label) in zip(axes, panels):
         values = [r.get(key, 0) / (1e6 if key == "params_trainable" else 1) for r in rows]
         ax.barh(names, values, color=colors)
+        if key == "params_trainable":  # full fine-tuning trains ~100x more than the rest
+            ax.set_xscale("log")
         ax.set_title(label, fontsize=9)
         ax.tick_params(labelsize=8)
         ax.invert_yaxis()
