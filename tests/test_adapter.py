@@ -78,3 +78,5 @@ def test_factored_form_is_the_same_output(fusion):
     w, b = torch.randn(3, 8), torch.randn(3)
     assert torch.allclose(factored.project(w, b), F.linear(dense, w, b), atol=1e-4)
     assert torch.allclose(second([x1, factored]), second([x1, dense]), atol=1e-4)
+    out = torch.randn(2, 5, 8)
+    assert torch.allclose(factored.add_to_(out.clone(), alpha=0.1), out + 0.1 * dense, atol=1e-5)
