@@ -42,6 +42,10 @@ def test_readme_comparison_figures_are_in_the_benchmark_file():
                 f"{r['train_memory_mb'] / st['train_memory_mb']:.2f}x | "
                 f"{st['infer_images_per_s'] / r['infer_images_per_s']:.2f}x as high |")
         assert line in readme, line
+    full, af = rows["full"], rows["adaptformer"]
+    assert (f"Sparse-Tuning infers at {st['infer_images_per_s'] / full['infer_images_per_s']:.2f}x the plain ViT-B's\n"
+            f"throughput and trains {af['train_step_s'] / st['train_step_s']:.2f}x faster than AdaptFormer in "
+            f"{st['train_memory_mb'] / af['train_memory_mb']:.2f}x its memory") in readme
 
 
 def test_readme_demo_figures_are_in_the_committed_report():
