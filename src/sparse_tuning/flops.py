@@ -6,8 +6,8 @@ The count runs the reference formulation: attention in its eager form, so both a
 matmuls are counted the same way whichever path a model uses (the fused path's extra class-token
 row, N*d per sparsifying block, under 0.01%, is left out), and Dense Adapters reading earlier
 adapters' outputs as C-dimensional tensors, as the method defines them. The factored history a
-model runs by default does slightly less (0.04 GFLOPs on ViT-B at b = 32, one image), so the
-figures are the method's, not those of one implementation's shortcuts.
+model runs by default does slightly less, so the figures are the method's, not those of one
+implementation's shortcuts.
 """
 from __future__ import annotations
 
