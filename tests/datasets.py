@@ -150,3 +150,42 @@ def make_video_root(root: Path, kind: str = "mp4", per_class: int = 4, frames: i
     for split, ls in lines.items():
         (root / f"{split}.csv").write_text("\n".join(ls) + "\n")
     return root
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool) -> Path:
+    """An IDX file of unsigned bytes (MNIST's format): magic, dims, big-endian sizes, data."""
+    import gzip
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def make_mnist(root: Path, layout: str = "debian", train: int = 30, test: int = 20, classes: int = 10,
+               folder: str = "FashionMNIST") -> Path:
+    """28x28 grayscale digits-like images and labels i % classes, as Debian ships them
+    (ROOT/*-ubyte.gz) or as torchvision keeps them (ROOT/<folder>/raw/*-ubyte)."""
+    base = root if layout == "debian" else root / folder / "raw"
+    for prefix, n, offset in (("train", train, 0), ("t10k", test, 500)):
+        labels = np.array([i % classes for i in range(n)], dtype=np.uint8)
+        images = np.stack([np.asarray(class_image(int(l), i + offset, size=28, mode="L")) for i, l in enumerate(labels)])
+        write_idx(base / f"{prefix}-images-idx3-ubyte", images, gz=layout == "debian")
+        write_idx(base / f"{prefix}-labels-idx1-ubyte", labels, gz=layout == "debian")
+    return root
+
+
+def make_eurosat(root: Path, classes: int = 3, per_class: int = 10) -> Path:
+    """torchvision's EuroSAT layout: ROOT/eurosat/2750/<class>/<class>_<i>.jpg (64x64 RGB)."""
+    for c in range(classes):
+        d = root / "eurosat" / "2750" / f"Land{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            class_image(c, i, size=64).save(d / f"Land{c}_{i}.jpg")
+    return root

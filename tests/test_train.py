@@ -147,3 +147,18 @@ def test_resume_ignores_a_half_written_checkpoint(folder, tmp_path):
     (broken / "trainable.safetensors").write_bytes(b"partial")
     results = train_run(config(folder, epochs=2), tmp_path / "run", resume=True)
     assert results["final"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("classes,has_top5", [(3, False), (5, False), (6, True)])
+def test_top5_only_for_more_than_five_classes(classes, has_top5):
+    """With 5 classes or fewer top-5 is 100% by construction: it is not reported."""
+    from torch.utils.data import TensorDataset
+
+    from sparse_tuning.train import evaluate
+
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 4), torch.arange(12) % classes
+    result = evaluate(torch.nn.Linear(4, classes), TensorDataset(x, y), batch_size=5)
+    assert ("top5" in result) == has_top5 and result["images"] == 12
+    if has_top5:
+        assert 0 <= result["top5"] <= 100

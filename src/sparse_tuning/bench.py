@@ -217,10 +217,17 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
         ax.barh(names, values, color=colors)
         if key == "params_trainable":  # full fine-tuning trains ~100x more than the rest
             ax.set_xscale("log")
+        if key == "top1":
+            ax.set_xlim(0, 100)
         ax.set_title(label, fontsize=9)
+        ax.set_xlabel(label.split(" (")[1].rstrip(")") if " (" in label else label, fontsize=8)
         ax.tick_params(labelsize=8)
         ax.invert_yaxis()
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color="tab:red", label="sparse-tuning"), Patch(color="tab:gray", label="other methods")],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

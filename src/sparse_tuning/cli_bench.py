@@ -15,6 +15,7 @@ import torch
 from .bench import EAGER, BenchSetup, markdown_table, plot, run_bench
 from .flops import flop_report
 from .run import load_eval_data, load_run, read_run_config
+from .stats import wilson_interval
 from .train import evaluate, resolve_device
 
 BENCH_ORDER = ("full", "linear", "adapter", "adaptformer", "lora", "vpt", "ts-only", "da-only", "sparse-tuning", EAGER)
@@ -106,34 +107,46 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 if i:
                     times.append(time.perf_counter() - t)
         times.sort()
-        rows.append({"keep_rate": rate, "top1": result["top1"], "top5": result["top5"], "gflops": gflops,
-                     "images_per_s": args.batch_size / times[len(times) // 2]})
-    lines = ["| keep rate | top-1 | top-5 | GFLOPs | images/s |", "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['keep_rate']} | {r['top1']:.2f} | {r['top5']:.2f} | {r['gflops']:.3f} | {r['images_per_s']:.1f} |"
+        correct = round(result["top1"] * result["images"] / 100)
+        rows.append({"keep_rate": rate, "top1": result["top1"], **({"top5": result["top5"]} if "top5" in result else {}),
+                     "top1_ci95": list(wilson_interval(correct, result["images"])), "images": result["images"],
+                     "gflops": gflops, "images_per_s": args.batch_size / times[len(times) // 2]})
+    top5 = all("top5" in r for r in rows)  # not for tasks of 5 classes or fewer
+    lines = ["| keep rate | top-1 (95% interval) |" + (" top-5 |" if top5 else "") + " GFLOPs | images/s |",
+             "|---:|---:|" + ("---:|" if top5 else "") + "---:|---:|"]
+    lines += [f"| {r['keep_rate']} | {r['top1']:.2f} ({r['top1_ci95'][0]:.1f}-{r['top1_ci95'][1]:.1f}) |"
+              + (f" {r['top5']:.2f} |" if top5 else "") + f" {r['gflops']:.3f} | {r['images_per_s']:.1f} |"
               for r in rows]
     print("\n".join(lines))
     out = Path(args.out or args.run)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
-    plot_sweep(rows, out / "sweep.png")
+    plot_sweep(rows, out / "sweep.png", title=f"{cfg['model']}, {cfg['method']} run: accuracy across keep rates "
+                                             f"({rows[0]['images']} {images.eval_split} images)")
     return 0
 
 
-def plot_sweep(rows, path) -> None:
+def plot_sweep(rows, path, title: str = "Accuracy and cost across keep rates") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 4))
     rates = [r["keep_rate"] for r in rows]
-    ax.plot(rates, [r["top1"] for r in rows], "o-", color="tab:red", label="top-1")
-    ax.set_xlabel("keep rate")
-    ax.set_ylabel("top-1 (%)", color="tab:red")
+    top1 = [r["top1"] for r in rows]
+    err = [[t - r["top1_ci95"][0] for t, r in zip(top1, rows)], [r["top1_ci95"][1] - t for t, r in zip(top1, rows)]]
+    acc = ax.errorbar(rates, top1, yerr=err, fmt="o-", color="tab:red", capsize=3, label="top-1 (95% interval)")
+    ax.set_xlabel("keep rate at inference")
+    ax.set_ylabel("top-1 accuracy (%)", color="tab:red")
+    ax.set_ylim(0, 100)
     ax2 = ax.twinx()
-    ax2.plot(rates, [r["gflops"] for r in rows], "s--", color="tab:blue")
-    ax2.set_ylabel("GFLOPs", color="tab:blue")
+    (cost,) = ax2.plot(rates, [r["gflops"] for r in rows], "s--", color="tab:blue", label="GFLOPs per image")
+    ax2.set_ylabel("GFLOPs per image", color="tab:blue")
+    ax2.set_ylim(0, None)
+    ax.legend(handles=[acc, cost], loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -9,7 +9,7 @@ import torch
 
 from .export import FORMATS, export_run
 from .run import load_run
-from .visualize import kept_tokens_figure, run_and_mask
+from .visualize import kept_tokens_figure, run_and_mask, step_titles
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -19,15 +19,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from .data import make_transforms, parse_data_spec, rgb_loader
+    from .data import augment_mode, make_transforms, parse_data_spec, rgb_loader
 
+    if (args.run is None) == (args.model is None):
+        raise ValueError("visualize needs --run RUN_DIR (a trained run) or --model NAME (a pre-trained backbone "
+                         "with token sparsification, nothing trained), not both")
     for path in args.images:
         if not Path(path).is_file():
             raise FileNotFoundError(f"image not found: {path}")
-    model, cfg = load_run(args.run, args.keep_rate)
-    if getattr(model, "sparse_tuning", None) is None or not model.sparse_tuning.sparsify_at:
-        raise ValueError(f"visualize needs a run that sparsifies tokens; this one used --method {cfg['method']}")
-    _, transform = make_transforms(model, parse_data_spec(cfg["data"]).augment)
+    if args.run is not None:
+        if args.weights or args.img_size:
+            raise ValueError("--weights and --img-size come from the run; give them with --model instead")
+        model, cfg = load_run(args.run, args.keep_rate)
+        augment = augment_mode(parse_data_spec(cfg["data"]), cfg.get("augment", "auto"))
+        if getattr(model, "sparse_tuning", None) is None or not model.sparse_tuning.sparsify_at:
+            raise ValueError(f"visualize needs a run that sparsifies tokens; this one used --method {cfg['method']}")
+    else:
+        model = pretrained_with_sparsification(args.model, args.weights, args.img_size, args.keep_rate)
+        augment = "full"  # evaluation transform: resize, centre crop
+    _, transform = make_transforms(model, augment)
     x = torch.stack([transform(rgb_loader(p)) for p in args.images])
     masks = run_and_mask(model, x)
     # Show the images as the model saw them: the transformed input, un-normalised.
@@ -37,10 +47,23 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     mean, std = torch.tensor(dc["mean"]).view(1, 3, 1, 1), torch.tensor(dc["std"]).view(1, 3, 1, 1)
     shown = ((x * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
     patch = model.patch_embed.patch_size[0]
-    scale = max(1, 256 // shown.shape[1])
-    out = kept_tokens_figure(np.ascontiguousarray(shown), masks, patch, Path(args.out) / "kept_tokens.png", scale=scale)
+    titles = [f"input: {masks.shape[2]} patches"] + step_titles(model)
+    out = kept_tokens_figure(np.ascontiguousarray(shown), masks, patch, Path(args.out) / "kept_tokens.png",
+                             titles=titles, row_labels=[Path(p).name for p in args.images],
+                             title=f"Tokens kept at keep rate {model.sparse_tuning.keep_rate:g}")
     print(f"wrote {out}")
     return 0
+
+
+def pretrained_with_sparsification(name: str, weights: str | None, img_size: int | None,
+                                   keep_rate: float | None) -> torch.nn.Module:
+    """A pre-trained backbone with token sparsification and no adapters: what the method keeps
+    before any training (the ranking needs no trained part)."""
+    from .run import build_model, resolve_config
+
+    cfg = resolve_config({"model": name, "weights": weights, "img_size": img_size, "method": "ts-only",
+                          "sparse_tuning": {} if keep_rate is None else {"keep_rate": keep_rate}})
+    return build_model(cfg, num_classes=0).eval()
 
 
 def add_commands(sub) -> None:
@@ -52,8 +75,11 @@ def add_commands(sub) -> None:
     p.add_argument("--keep-rate", type=float, default=None, help="bake in another keep rate")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("visualize", help="kept-token picture of your images with a trained run")
-    p.add_argument("--run", required=True)
+    p = sub.add_parser("visualize", help="kept-token picture of your images, with a trained run or a backbone")
+    p.add_argument("--run", default=None, help="a trained run folder")
+    p.add_argument("--model", default=None, help="or a timm model name: the pre-trained backbone, nothing trained")
+    p.add_argument("--weights", default=None, help="with --model: local backbone weights (.safetensors, .pth, .npz)")
+    p.add_argument("--img-size", type=int, default=None, help="with --model: input size (default: the model's)")
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default=".", help="folder for kept_tokens.png")
     p.add_argument("--keep-rate", type=float, default=None)

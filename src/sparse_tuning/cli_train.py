@@ -12,17 +12,22 @@ from typing import Any
 from .config import FUSIONS, MERGES, SparseTuningConfig
 from .methods import METHODS, BaselineConfig
 from .run import VideoConfig, eval_run, load_config_file, predict_run, read_run_config, resolve_config, train_run
-from .train import TrainConfig
+from .train import TrainConfig, top5_text
 from .vtab import VTAB_TASKS, run_vtab
 
 TOP_LEVEL = {  # option: (argparse kwargs)
     "model": dict(help="timm model name, e.g. vit_base_patch16_224.augreg_in21k"),
-    "data": dict(help="folder:PATH | vtab:ROOT/TASK | cifar100:ROOT | svhn:ROOT | food101:ROOT | "
-                      "kinetics:ROOT | ssv2:ROOT | frames:ROOT | videolist:TRAIN[,EVAL]"),
+    "data": dict(help="folder:PATH | vtab:ROOT/TASK | cifar100:ROOT | svhn:ROOT | food101:ROOT | mnist:ROOT | "
+                      "fashionmnist:ROOT | torchvision:NAME:ROOT | kinetics:ROOT | ssv2:ROOT | frames:ROOT | "
+                      "videolist:TRAIN[,EVAL]"),
     "method": dict(choices=METHODS, help="what trains (default: sparse-tuning)"),
     "preset": dict(choices=("vtab", "full"), help="the paper's recipe: vtab (b=8, lr 1e-2) or full (b=32)"),
     "weights": dict(help="local backbone weights: .safetensors, .pth, .bin or Google's .npz"),
-    "img_size": dict(type=int, help="input size (default: the model's)"),
+    "img_size": dict(type=int, help="input size (default: the model's); position embeddings are resampled"),
+    "augment": dict(choices=("auto", "none", "crop-flip"),
+                    help="training augmentation: auto (none for vtab:, crop and flip otherwise), none, crop-flip"),
+    "train_samples": dict(type=int, metavar="N", help="train on a class-balanced subset of N images (seeded)"),
+    "eval_samples": dict(type=int, metavar="N", help="evaluate on a class-balanced subset of N images (seeded)"),
 }
 CHOICES = {"fusion": FUSIONS, "merge": MERGES, "amp": ("bf16", "fp16", "off"), "video_tokens": ("joint", "frames"),
            "flip": ("auto", "on", "off")}
@@ -93,14 +98,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         results = train_run(cfg, out)
     if results.get("final"):
         final, best = results["final"], results["best"]
-        print(f"final (epoch {final['epoch']}): top-1 {final['top1']:.2f}  top-5 {final['top5']:.2f}; "
+        print(f"final (epoch {final['epoch']}): top-1 {final['top1']:.2f}{top5_text(final, ' ')}; "
               f"best top-1 {best['top1']:.2f} (epoch {best['epoch']})")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     result = eval_run(args.run, args.data, args.keep_rate, args.device, args.batch_size)
-    print(f"{result['split']}: top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  "
+    print(f"{result['split']}: top-1 {result['top1']:.2f}{top5_text(result, ' ')}  "
           f"({result['images']} images, keep rate {result['keep_rate']})")
     name = f"eval-{result['split']}" + (f"-keep{args.keep_rate}" if args.keep_rate is not None else "")
     (Path(args.run) / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")

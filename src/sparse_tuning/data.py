@@ -5,6 +5,7 @@
     cifar100:ROOT      torchvision's CIFAR-100 (--download fetches it where a network exists)
     svhn:ROOT          torchvision's SVHN (needs scipy)
     food101:ROOT       torchvision's Food-101
+    mnist:ROOT, fashionmnist:ROOT, torchvision:NAME:ROOT   see torchvision_data.py
 
 Unreadable images are skipped and counted (``strict=False``) or fail with their path.
 """
@@ -19,7 +20,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-KINDS = ("folder", "vtab", "cifar100", "svhn", "food101")
+KINDS = ("folder", "vtab", "cifar100", "svhn", "food101", "mnist", "fashionmnist", "torchvision")
+AUGMENTS = ("auto", "none", "crop-flip")
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -32,6 +34,7 @@ class DataSpec:
     kind: str
     path: Path
     raw: str
+    name: str = ""  # the torchvision dataset class of torchvision:NAME:ROOT
 
     @property
     def augment(self) -> str:
@@ -41,10 +44,23 @@ class DataSpec:
 
 def parse_data_spec(spec: str) -> DataSpec:
     kind, sep, path = spec.partition(":")
+    name = ""
+    if kind == "torchvision":
+        name, _, path = path.partition(":")
+        if not name or not path:
+            raise DataError(f"--data {spec!r}: expected torchvision:NAME:ROOT, e.g. torchvision:DTD:./data")
     if not sep or kind not in KINDS or not path:
         raise DataError(f"--data {spec!r}: expected KIND:PATH with KIND one of {', '.join(KINDS)} "
-                        "(e.g. folder:./pets, vtab:./vtab-1k/cifar, cifar100:./data)")
-    return DataSpec(kind, Path(path).expanduser(), spec)
+                        "(e.g. folder:./pets, vtab:./vtab-1k/cifar, cifar100:./data, fashionmnist:./data, "
+                        "torchvision:DTD:./data)")
+    return DataSpec(kind, Path(path).expanduser(), spec, name)
+
+
+def augment_mode(spec: DataSpec, augment: str = "auto") -> str:
+    """The transform family: 'vtab' (resize only) or 'full' (random-resized crop and flip)."""
+    if augment not in AUGMENTS:
+        raise DataError(f"augment={augment!r}: expected one of {', '.join(AUGMENTS)}")
+    return spec.augment if augment == "auto" else ("vtab" if augment == "none" else "full")
 
 
 @dataclass
@@ -150,7 +166,11 @@ def make_transforms(model: torch.nn.Module, augment: str) -> tuple[Callable, Cal
     from timm.data import create_transform, resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
-    common = dict(input_size=cfg["input_size"], interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"])
+    # The pretrained config names the size the weights were trained at (518 for DINOv2); the
+    # model may have been built for another (--img-size): its patch embedding knows which.
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    input_size = (3, *size) if size else cfg["input_size"]
+    common = dict(input_size=input_size, interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"])
     if augment == "vtab":
         t = create_transform(**common, is_training=False, crop_pct=1.0, crop_mode="squash")
         return t, t
@@ -247,16 +267,48 @@ def _torchvision(spec: DataSpec, train_tf, eval_tf, download: bool) -> ImageData
     return ImageData(train, ev, len(classes), classes, "test")
 
 
+def _torchvision_kinds(spec: DataSpec, train_tf, eval_tf, download: bool) -> ImageData:
+    from . import torchvision_data as tvdata
+
+    hint = "" if download else " (add --download to fetch it where a network exists)"
+    try:
+        if spec.kind == "torchvision":
+            train, ev, classes, split = tvdata.by_name(spec.name, spec.path, train_tf, eval_tf, download)
+        else:
+            (train, ev, classes), split = tvdata.mnist_like(spec.kind, spec.path, train_tf, eval_tf, download), "test"
+    except RuntimeError as e:
+        raise DataError(f"{spec.raw}: {e}{hint}") from None
+    except (ImportError, TypeError) as e:
+        raise DataError(f"{spec.raw}: {e}") from None
+    return ImageData(train, ev, len(classes), classes, split)
+
+
 def load_image_data(spec: str | DataSpec, model: torch.nn.Module, download: bool = False,
-                    strict: bool = False) -> ImageData:
-    """Train and evaluation datasets for a spec, with the model's transforms, unreadable-image safe."""
+                    strict: bool = False, augment: str = "auto", train_samples: int = 0,
+                    eval_samples: int = 0, seed: int = 0) -> ImageData:
+    """Train and evaluation datasets for a spec, with the model's transforms, unreadable-image safe.
+
+    train_samples / eval_samples > 0 take a class-balanced subset of that many images, drawn
+    with `seed` (the same for every method at a given seed).
+    """
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
-    train_tf, eval_tf = make_transforms(model, spec.augment)
+    train_tf, eval_tf = make_transforms(model, augment_mode(spec, augment))
     if spec.kind == "folder":
         data = _folder(spec, train_tf, eval_tf)
     elif spec.kind == "vtab":
         data = _vtab(spec, train_tf, eval_tf)
+    elif spec.kind in ("mnist", "fashionmnist", "torchvision"):
+        data = _torchvision_kinds(spec, train_tf, eval_tf, download)
     else:
         data = _torchvision(spec, train_tf, eval_tf, download)
+    if train_samples or eval_samples:
+        from .torchvision_data import balanced_subset, labels_of
+
+        for split, n, stream in (("train", train_samples, 0), ("eval", eval_samples, 1)):
+            if n:
+                base = getattr(data, split)
+                # A separate stream per split, so the eval subset does not move with train_samples.
+                indices = balanced_subset(labels_of(base), n, seed * 2 + stream)
+                setattr(data, split, torch.utils.data.Subset(base, indices))
     data.train, data.eval = SafeDataset(data.train, strict), SafeDataset(data.eval, strict)
     return data

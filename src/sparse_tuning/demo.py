@@ -29,11 +29,14 @@ from .flops import flop_report
 from .methods import prepare
 from .shapes import TASKS, ShapesDataset, patch_foreground
 from .train import TrainConfig, evaluate, lr_at, train
-from .visualize import foreground_recall, kept_tokens_figure, random_recall, run_and_mask
+from .stats import proportions_differ, wilson_interval
+from .visualize import foreground_recall, kept_tokens_figure, random_recall, run_and_mask, step_titles
 
 MODEL = "st_vit_micro_patch4_32"
 CACHE_VERSION = "demo-v1"
 METHODS = ("full", "linear", "adaptformer", "ts-only", "da-only", "sparse-tuning")
+FINETUNE_LR = 2e-3       # the recipe every method shares...
+FULL_LR = 2e-4           # ...but full fine-tuning: all weights move, the shared rate wrecks the backbone
 KEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -130,13 +133,18 @@ def finetune(method: str, backbone: dict[str, torch.Tensor], data: ImageData, pl
     model = new_model(data.num_classes)
     model.load_state_dict({k: v for k, v in backbone.items() if not k.startswith("head.")}, strict=False)
     prepare(model, method)
-    cfg = TrainConfig(epochs=plan.finetune_epochs, batch_size=plan.batch_size, lr=2e-3, warmup_epochs=0.2,
+    lr = FULL_LR if method == "full" else FINETUNE_LR
+    cfg = TrainConfig(epochs=plan.finetune_epochs, batch_size=plan.batch_size, lr=lr, warmup_epochs=0.2,
                       weight_decay=0.01, num_workers=0, eval_every=plan.finetune_epochs, log_every=50)
     t0 = time.perf_counter()
     results = train(model, data, cfg, work / method, log=lambda s: None)
     seconds = time.perf_counter() - t0
     total, trainable = count_params(model)
-    row = {"method": method, "top1": results["final"]["top1"], "params_trainable": trainable,
+    final = results["final"]
+    correct = round(final["top1"] * final["images"] / 100)
+    low, high = wilson_interval(correct, final["images"])
+    row = {"method": method, "top1": final["top1"], "top1_ci95": [low, high], "test_images": final["images"],
+           "lr": lr, "params_trainable": trainable,
            "gflops": flop_report(model, (3, 32, 32)).gflops, "train_seconds": seconds}
     log(f"  {method:14s} top-1 {row['top1']:6.2f}  trained in {seconds:5.1f} s")
     return model, row
@@ -189,7 +197,12 @@ def run_demo(out: str | Path, quick: bool = False, log: Callable[[str], None] = 
 
     st_model = trained["sparse-tuning"]
     recall = measure_recall(st_model, test, n=min(256, len(test)))
-    figure = kept_tokens_figure(*sample_figure(st_model, test), patch=4, path=out / "kept_tokens.png")
+    images, masks = sample_figure(st_model, test)
+    figure = kept_tokens_figure(images, masks, patch=4, path=out / "kept_tokens.png",
+                                titles=["input: 64 patches"] + step_titles(st_model),
+                                row_labels=[TASKS["target"][test.sample(i)[2]] for i in range(len(images))],
+                                title="Demo: tokens the trained Sparse-Tuning model keeps (keep rate "
+                                      f"{st_model.sparse_tuning.keep_rate:g})")
     sweep = keep_rate_sweep(st_model, test_set, out / "keep_rate.png")
     elapsed = time.perf_counter() - t_start
     report = write_report(out, plan, rows, recall, sweep, elapsed)
@@ -229,16 +242,24 @@ def keep_rate_sweep(model, test: TensorDataset, path: Path) -> list[dict]:
     rows = []
     for rate in KEEP_RATES:
         st.keep_rate = rate
-        rows.append({"keep_rate": rate, "top1": evaluate(model, test, 256)["top1"],
+        result = evaluate(model, test, 256)
+        correct = round(result["top1"] * result["images"] / 100)
+        rows.append({"keep_rate": rate, "top1": result["top1"], "top1_ci95": list(wilson_interval(correct, result["images"])),
                      "gflops": flop_report(model, (3, 32, 32)).gflops})
     st.keep_rate = target
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot([r["keep_rate"] for r in rows], [r["top1"] for r in rows], "o-", color="tab:red")
-    ax.set_xlabel("keep rate (trained at %.1f)" % target)
-    ax.set_ylabel("top-1 (%)", color="tab:red")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rates, top1 = [r["keep_rate"] for r in rows], [r["top1"] for r in rows]
+    err = [[t - r["top1_ci95"][0] for t, r in zip(top1, rows)], [r["top1_ci95"][1] - t for t, r in zip(top1, rows)]]
+    acc = ax.errorbar(rates, top1, yerr=err, fmt="o-", color="tab:red", capsize=3, label="top-1 (95% interval)")
+    ax.set_xlabel(f"keep rate at inference (trained at {target:g})")
+    ax.set_ylabel("top-1 accuracy (%)", color="tab:red")
+    ax.set_ylim(0, 100)
     ax2 = ax.twinx()
-    ax2.plot([r["keep_rate"] for r in rows], [1000 * r["gflops"] for r in rows], "s--", color="tab:blue")
+    (cost,) = ax2.plot(rates, [1000 * r["gflops"] for r in rows], "s--", color="tab:blue", label="MFLOPs per image")
     ax2.set_ylabel("MFLOPs per image", color="tab:blue")
+    ax2.set_ylim(0, None)
+    ax.legend(handles=[acc, cost], loc="lower right", fontsize=8)
+    ax.set_title(f"Demo: one trained Sparse-Tuning model across keep rates ({len(test)} test images)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -254,13 +275,27 @@ def write_report(out: Path, plan: DemoPlan, rows: list[dict], recall: dict, swee
              f"Pre-training: {plan.pretrain_steps} steps of {plan.batch_size} images (classification plus a "
              f"per-patch shape/background head, dropped afterwards).",
              f"Fine-tuning: {plan.finetune_epochs} epoch(s) x {plan.finetune_images} images, batch {plan.batch_size}, "
-             f"same recipe for every method; test: {plan.test_images} images.", "",
-             "| method | top-1 | trainable params | MFLOPs / image | training time (s) | inference (img/s) |"
-             + (" train memory (MB) | inference memory (MB) |" if "train_memory_mb" in rows[0] else ""),
-             "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if "train_memory_mb" in rows[0] else "")]
+             f"the same recipe for every method (AdamW, learning rate {FINETUNE_LR:g}) except full fine-tuning "
+             f"(learning rate {FULL_LR:g}: it moves every weight); test: {plan.test_images} images.",
+             "",
+             "Top-1 comes with its 95% interval (Wilson, over the test images: one seed, so it does not include "
+             "the spread between training runs). The last column compares each method with Sparse-Tuning "
+             "(two-proportion test at 95%): a *tie* is a difference inside the noise of this test set.", "",
+             "| method | top-1 (95% interval) | vs Sparse-Tuning | trainable params | MFLOPs / image | training time (s) "
+             "| inference (img/s) |" + (" train memory (MB) | inference memory (MB) |" if "train_memory_mb" in rows[0] else ""),
+             "|---|---:|---|---:|---:|---:|---:|" + ("---:|---:|" if "train_memory_mb" in rows[0] else "")]
+    ref = next(r for r in rows if r["method"] == "sparse-tuning")
     for r in rows:
-        line = (f"| {r['method']} | {r['top1']:.2f} | {r['params_trainable']:,} | {1000 * r['gflops']:.1f} | "
-                f"{r['train_seconds']:.1f} | {r['infer_images_per_s']:.0f} |")
+        if r is ref:
+            verdict = "—"
+        elif proportions_differ(r["top1"], ref["top1"], r["test_images"], ref["test_images"]):
+            verdict = "higher" if r["top1"] > ref["top1"] else "lower"
+        else:
+            verdict = "tie"
+        r["vs_sparse_tuning"] = verdict
+        low, high = r["top1_ci95"]
+        line = (f"| {r['method']} | {r['top1']:.2f} ({low:.1f}-{high:.1f}) | {verdict} | {r['params_trainable']:,} | "
+                f"{1000 * r['gflops']:.1f} | {r['train_seconds']:.1f} | {r['infer_images_per_s']:.0f} |")
         if "train_memory_mb" in r:
             line += f" {r['train_memory_mb']:.0f} | {r['infer_memory_mb']:.0f} |"
         lines.append(line)
@@ -273,9 +308,10 @@ def write_report(out: Path, plan: DemoPlan, rows: list[dict], recall: dict, swee
               "| step (block) | kept by the model | kept by a random choice |", "|---|---:|---:|"]
     for i, (m, r) in enumerate(zip(recall["model"], recall["random"])):
         lines.append(f"| {i + 1} | {m:.3f} | {r:.3f} |")
-    lines += ["", "## Keep rate at inference (no retraining)", "", "| keep rate | top-1 | MFLOPs / image |",
-              "|---:|---:|---:|"]
-    lines += [f"| {r['keep_rate']} | {r['top1']:.2f} | {1000 * r['gflops']:.1f} |" for r in sweep]
+    lines += ["", "## Keep rate at inference (no retraining)", "",
+              "| keep rate | top-1 (95% interval) | MFLOPs / image |", "|---:|---:|---:|"]
+    lines += [f"| {r['keep_rate']} | {r['top1']:.2f} ({r['top1_ci95'][0]:.1f}-{r['top1_ci95'][1]:.1f}) | "
+              f"{1000 * r['gflops']:.1f} |" for r in sweep]
     lines += ["", "![kept tokens](kept_tokens.png)", "", "![keep rate](keep_rate.png)", ""]
     path = out / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())

@@ -19,7 +19,7 @@ import torch.nn as nn
 from .adapter_io import atomic_write_bytes, save_adapters
 from .checkpoint import load_trainable, save_trainable
 from .config import SparseTuningConfig
-from .data import load_image_data, parse_data_spec
+from .data import AUGMENTS, augment_mode, load_image_data, parse_data_spec
 from .methods import METHODS, SPARSE_TUNING_METHODS, BaselineConfig, method_config, prepare
 from .train import TrainConfig, evaluate, resolve_device, train
 from .video import VideoViT
@@ -57,6 +57,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 DEFAULTS: dict[str, Any] = {
     "model": None, "data": None, "method": "sparse-tuning", "pretrained": True, "weights": None,
     "img_size": None, "download": False, "strict_data": False, "preset": None,
+    "augment": "auto", "train_samples": 0, "eval_samples": 0,
     "sparse_tuning": {}, "baseline": {}, "video": {}, "train": {},
 }
 
@@ -92,6 +93,13 @@ def resolve_config(*layers: dict[str, Any]) -> dict[str, Any]:
     out["baseline"] = dataclasses.asdict(BaselineConfig(**out["baseline"]))
     out["video"] = dataclasses.asdict(VideoConfig(**out["video"]))
     kind = str(out["data"] or "").partition(":")[0]
+    for name in ("train_samples", "eval_samples"):
+        if isinstance(out[name], bool) or not isinstance(out[name], int) or out[name] < 0:
+            raise ValueError(f"{name}={out[name]!r}: expected an integer >= 0 (0: every image)")
+        if out[name] and kind in VIDEO_KINDS:
+            raise ValueError(f"{name} takes a subset of image data; it does not apply to video data")
+    if out["augment"] not in AUGMENTS:
+        raise ValueError(f"augment={out['augment']!r}: expected one of {', '.join(AUGMENTS)}")
     if (kind in VIDEO_KINDS) != bool(out["video"]["frames"]):
         raise ValueError("video data (kinetics:, ssv2:, frames:, videolist:) needs --frames N, and --frames "
                          "needs video data")
@@ -201,7 +209,9 @@ def load_data(cfg: dict[str, Any], probe: nn.Module, data: Optional[str] = None)
     spec = data or cfg["data"]
     kind, _, path = spec.partition(":")
     if kind not in VIDEO_KINDS:
-        return load_image_data(spec, probe, download=cfg["download"], strict=cfg["strict_data"])
+        return load_image_data(spec, probe, download=cfg["download"], strict=cfg["strict_data"],
+                               augment=cfg.get("augment", "auto"), train_samples=cfg.get("train_samples", 0),
+                               eval_samples=cfg.get("eval_samples", 0), seed=cfg["train"]["seed"])
     v = cfg["video"]
     opts = VideoOptions(frames=v["frames"], rate=v["sampling_rate"], size=probe.patch_embed.img_size[0],
                         **defaults_for(kind))
@@ -288,7 +298,7 @@ def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rat
         raise ValueError("predict reads images; for a video run, use eval")
     device = resolve_device(device)
     model.to(device)
-    _, transform = make_transforms(model, parse_data_spec(cfg["data"]).augment)
+    _, transform = make_transforms(model, augment_mode(parse_data_spec(cfg["data"]), cfg.get("augment", "auto")))
     out = []
     for path in images:
         if not Path(path).is_file():

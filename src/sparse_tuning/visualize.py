@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from .api import kept_tokens
 
@@ -45,6 +45,9 @@ def random_recall(keep_counts: Sequence[tuple[int, int]]) -> list[float]:
     return out
 
 
+GREY = 200  # the pale grey that covers a patch that was not kept
+
+
 def grey_out(image: np.ndarray, keep: np.ndarray, patch: int, scale: int = 4) -> Image.Image:
     """image (H, W, 3) uint8 with the patches not in `keep` (flattened, row-major) greyed out."""
     H, W, _ = image.shape
@@ -52,33 +55,63 @@ def grey_out(image: np.ndarray, keep: np.ndarray, patch: int, scale: int = 4) ->
     grid = keep.reshape(H // patch, W // patch)
     for r, c in zip(*np.nonzero(~grid)):
         block = out[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
-        block[:] = 0.25 * block + 0.75 * 200  # pale grey, a trace of the image left
+        block[:] = 0.25 * block + 0.75 * GREY  # pale grey, a trace of the image left
     img = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     return img.resize((W * scale, H * scale), Image.NEAREST)
 
 
-def kept_tokens_figure(images: np.ndarray, masks: np.ndarray, patch: int, path: str | Path,
-                       titles: Optional[Sequence[str]] = None, scale: int = 4) -> Path:
-    """A grid: one row per image, columns = the image, then after each sparsification step.
+def step_titles(model: torch.nn.Module) -> list[str]:
+    """After a forward: 'block 4: 64 -> 45+1 tokens' per sparsification step (1-based block numbers,
+    patch tokens in -> kept + fused token out)."""
+    st = model.sparse_tuning
+    titles = []
+    for i in st.sparsify_at:
+        n_in, n_out = (n - st.num_prefix for n in st.last_tokens[i])
+        fused = st.config.merge != "drop"
+        titles.append(f"block {i + 1}: {n_in} -> {n_out - fused}" + ("+1" if fused else "") + " tokens")
+    return titles
 
-    images (B, H, W, 3) uint8; masks (steps, B, P) from kept_masks.
+
+def kept_tokens_figure(images: np.ndarray, masks: np.ndarray, patch: int, path: str | Path,
+                       titles: Optional[Sequence[str]] = None, row_labels: Optional[Sequence[str]] = None,
+                       title: Optional[str] = None) -> Path:
+    """A grid: one row per image, columns = the image, then the patches still kept after each
+    sparsification step (the others greyed out), with a legend saying what grey means.
+
+    images (B, H, W, 3) uint8; masks (steps, B, P) from kept_masks; titles: one per column.
     """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
     B, H, W, _ = images.shape
     steps = masks.shape[0]
-    cell_w, cell_h, pad, head = W * scale, H * scale, 4, 16
-    canvas = Image.new("RGB", ((cell_w + pad) * (steps + 1) + pad, head + (cell_h + pad) * B + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    titles = titles or ["image"] + [f"after step {i + 1}" for i in range(steps)]
-    for j, t in enumerate(titles):
-        draw.text((pad + j * (cell_w + pad), 2), t, fill="black")
+    titles = list(titles or ["input"] + [f"after step {i + 1}" for i in range(steps)])
+    cell = 1.9 if H >= 64 else 1.3
+    fig, axes = plt.subplots(B, steps + 1, figsize=(cell * (steps + 1), cell * B + 0.9), squeeze=False)
     for b in range(B):
-        y = head + pad + b * (cell_h + pad)
-        canvas.paste(Image.fromarray(images[b]).resize((cell_w, cell_h), Image.NEAREST), (pad, y))
-        for s in range(steps):
-            canvas.paste(grey_out(images[b], masks[s, b], patch, scale), (pad + (s + 1) * (cell_w + pad), y))
+        panels = [images[b]] + [np.asarray(grey_out(images[b], masks[s, b], patch, 1)) for s in range(steps)]
+        for j, panel in enumerate(panels):
+            ax = axes[b, j]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if b == 0:
+                ax.set_title(titles[j], fontsize=7)
+        if row_labels:
+            axes[b, 0].set_ylabel(row_labels[b], fontsize=7)
+    grey = tuple(0.75 * GREY / 255 + 0.25 * v for v in (0.5, 0.5, 0.5))
+    fig.legend(handles=[Patch(facecolor=grey, edgecolor="0.5", label="grey: patch not kept (merged into the "
+                                                                       "fused token)"),
+                        Patch(facecolor="white", edgecolor="0.5", label="clear: patch kept as its own token")],
+               loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.suptitle(title or "Tokens kept by token sparsification, step by step", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 
