@@ -62,3 +62,21 @@ def test_sweep(tmp_path, capsys):
 def test_bench_rejects_unknown_methods(capsys):
     assert main(["bench", "--model", MODEL, "--methods", "sparse-tuning,magic", "--no-memory"]) == 2
     assert "magic" in capsys.readouterr().err
+
+
+def test_bench_builds_from_weights_resampled_to_the_input_size(tmp_path):
+    """--weights: the timed models hold the file's backbone (position embedding resampled)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from sparse_tuning.bench import BenchSetup, build
+
+    torch.manual_seed(4)
+    source = timm.create_model(MODEL, num_classes=0)
+    save_file(source.state_dict(), str(tmp_path / "w.safetensors"))
+    model = build(BenchSetup(MODEL, img_size=48, weights=str(tmp_path / "w.safetensors")), "sparse-tuning")
+    assert model.pos_embed.shape[1] == 1 + 12 * 12
+    assert torch.equal(model.blocks[5].attn.qkv.weight, source.blocks[5].attn.qkv.weight)
+    assert main(["bench", "--model", MODEL, "--weights", str(tmp_path / "missing.safetensors"), "--out",
+                 str(tmp_path)]) == 2

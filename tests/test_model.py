@@ -268,3 +268,19 @@ def test_torch_export_with_dynamic_batch(images):
     more = torch.randn(5, 3, 32, 32)
     assert torch.allclose(exported(images), model(images), atol=1e-6)
     assert torch.allclose(exported(more), model(more), atol=1e-6)
+
+
+def test_a_patched_model_pickles_with_torch_save(tmp_path, images):
+    """torch.save(model) of a patched model: its runtime class is rebuilt on loading."""
+    model = st.apply(tiny_vit())
+    randomize_adapters(model)
+    with torch.no_grad():
+        expected = model(images)
+    torch.save(model, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert type(loaded) is type(model) and loaded.sparse_tuning.keep_rate == 0.7
+    with torch.no_grad():
+        assert torch.equal(loaded(images), expected)
+    assert [k.tolist() for k in st.kept_tokens(loaded)] == [k.tolist() for k in st.kept_tokens(model)]
+    loaded.set_grad_checkpointing()
+    assert loaded.sparse_tuning.grad_checkpointing

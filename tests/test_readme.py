@@ -6,6 +6,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def flat(text: str) -> str:
+    """Whitespace folded, so that a figure may sit across a line break of the README."""
+    return " ".join(text.split())
+
+
 def quick_start_commands():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
@@ -51,13 +56,32 @@ def test_readme_comparison_figures_are_in_the_benchmark_file():
 def test_readme_demo_figures_are_in_the_committed_report():
     data = json.loads((ROOT / "benchmarks" / "demo" / "report.json").read_text())
     rows = {r["method"]: r for r in data["rows"]}
-    readme = (ROOT / "README.md").read_text()
+    readme = flat((ROOT / "README.md").read_text())
     st, af = rows["sparse-tuning"], rows["adaptformer"]
-    assert f"Sparse-Tuning reaches {st['top1']:.2f}% top-1 at {1000 * st['gflops']:.1f} MFLOPs" in readme
-    assert f"AdaptFormer\n{af['top1']:.2f}% at {1000 * af['gflops']:.1f}" in readme
+    for r in (st, af):
+        low, high = r["top1_ci95"]
+        assert f"{r['top1']:.1f}% (95% interval {low:.1f}-{high:.1f})" in readme
+    assert f"{1000 * st['gflops']:.1f} MFLOPs" in readme and f"{1000 * af['gflops']:.1f}" in readme
     model, rand = data["recall"]["model"], data["recall"]["random"]
     assert f"holds {model[0]:.2f}, {model[1]:.2f} and {model[2]:.2f} of the foreground" in readme
     assert f"would hold {rand[0]:.2f}, {rand[1]:.2f} and {rand[2]:.2f}" in readme
+
+
+def test_readme_real_backbone_figures_are_in_the_committed_results():
+    real = ROOT / "benchmarks" / "real"
+    results = json.loads((real / "results.json").read_text())
+    readme = flat((ROOT / "README.md").read_text())
+    first_image = re.search(r"!\[[^\]]*\]\(([^)]+)\)", readme).group(1)
+    assert first_image == "benchmarks/real/kept_tokens_photos.png"
+    for method, r in results["methods"].items():
+        assert len(r["top1"]) >= 3
+        assert f"| {method} | {r['top1_mean']:.1f} ± {r['top1_std']:.1f} | {r['gflops']:.2f} |" in readme, method
+    kept = json.loads((real / "kept_tokens.json").read_text())["recall"]
+    figures = ", ".join(f"{v:.2f}" for v in kept["per_photo_mean"])
+    assert f"({figures})" in readme
+    assert f"({', '.join(f'{v:.2f}' for v in kept['random'])})" in readme
+    check = json.loads((real / "backbone_check.json").read_text())["check"]
+    assert f"{check['max_abs_diff']:.0e}" in readme
 
 
 def test_readme_video_figures_are_in_the_benchmark_file():

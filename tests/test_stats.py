@@ -1,7 +1,7 @@
 """Intervals and tie rules against independent implementations and hand-computed values."""
 import pytest
 
-from sparse_tuning.stats import proportions_differ, seeds_differ, wilson_interval
+from sparse_tuning.stats import paired_difference, proportions_differ, wilson_interval
 
 
 @pytest.mark.parametrize("correct,n", [(44, 100), (221, 500), (0, 20), (20, 20), (1, 3)])
@@ -25,8 +25,19 @@ def test_the_demo_headline_is_a_tie():
     assert not proportions_differ(50.0, 44.0, 500, 500)  # z = 1.90, just inside
 
 
-def test_seed_rule():
-    assert not seeds_differ([80.0, 81.0, 79.0], [80.5, 79.5, 81.5])
-    assert seeds_differ([80.0, 81.0, 79.0], [85.0, 84.0, 86.0])
+@pytest.mark.parametrize("df", range(1, 11))
+def test_t_quantiles_match_scipy(df):
+    stats = pytest.importorskip("scipy.stats")
+    from sparse_tuning.stats import T95
+    assert T95[df - 1] == pytest.approx(stats.t.ppf(0.975, df), abs=1e-6)
+
+
+def test_paired_difference_matches_scipys_paired_t_test():
+    stats = pytest.importorskip("scipy.stats")
+    for a, b in [([80.0, 81.0, 79.0], [80.5, 79.5, 81.5]), ([80.0, 81.0, 79.0], [82.1, 83.0, 81.2]),
+                 ([70.0, 71.0, 72.0, 70.5], [69.0, 70.2, 70.9, 69.8])]:
+        mean, sd, differ = paired_difference(a, b)
+        assert mean == pytest.approx(sum(a) / len(a) - sum(b) / len(b))
+        assert differ == (stats.ttest_rel(a, b).pvalue < 0.05)
     with pytest.raises(ValueError):
-        seeds_differ([1.0], [2.0, 3.0])
+        paired_difference([1.0, 2.0], [2.0, 3.0, 4.0])

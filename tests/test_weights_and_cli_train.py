@@ -85,8 +85,12 @@ def test_config_file_flags_and_presets_layer_in_order(tmp_path):
     assert cfg["sparse_tuning"]["bottleneck"] == 8       # preset
     assert cfg["sparse_tuning"]["keep_rate"] == 0.5      # file
     assert cfg["sparse_tuning"]["fusion"] == "up-sum" and cfg["sparse_tuning"]["sparsify_at"] == [2, 5]
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match="'epochs' .* belongs under train:"):
         resolve_config({"epochs": 3})
+    with pytest.raises(ValueError, match="did you mean 'model'"):
+        resolve_config({"modle": "x"})
+    with pytest.raises(ValueError, match="'epoch' under train:; did you mean 'epochs'"):
+        resolve_config({"train": {"epoch": 3}})
 
 
 def test_train_eval_predict_commands(tmp_path, capsys):

@@ -50,6 +50,7 @@ def check_against_onnx(state: dict[str, torch.Tensor]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="safetensors file to write")
+    parser.add_argument("--report", default=None, help="also write the check against onnxruntime here (JSON)")
     args = parser.parse_args()
     from safetensors.torch import save_file
 
@@ -70,6 +71,9 @@ def main() -> int:
     save_file(state, str(tmp), metadata=meta)
     tmp.replace(out)
     print(f"wrote {out}")
+    if args.report:
+        Path(args.report).write_text(json.dumps({**meta, "check": check, "tensors": len(state),
+                                                 "tolerance": TOLERANCE}, indent=1) + "\n")
     return 0
 
 

@@ -23,7 +23,7 @@ import torch.nn as nn
 from .api import count_params
 from .flops import flop_report
 from .methods import prepare
-from .run import build_architecture
+from .run import build_architecture, load_weights
 from .train import autocast
 
 EAGER = "sparse-tuning (eager)"  # the same method with attention computed by hand in every block
@@ -37,15 +37,19 @@ class BenchSetup:
     device: str = "cpu"
     amp: str = "off"
     num_classes: int = 100
+    weights: Optional[str] = None  # a local backbone checkpoint; None: random values
 
 
 def build(setup: BenchSetup, method: str) -> nn.Module:
-    """Random weights of the real architecture (speed does not depend on the values)."""
+    """Random weights of the real architecture (speed does not depend on the values), or the
+    backbone checkpoint of ``setup.weights`` (resampled to the input size)."""
     model = build_architecture(setup.model, setup.img_size, setup.num_classes)  # meta: no init cost
     model.to_empty(device=setup.device)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.02)
+    if setup.weights:
+        load_weights(model, setup.weights)
     prepare(model, "sparse-tuning" if method == EAGER else method)
     if method == EAGER:
         model.sparse_tuning.fused_attn = False

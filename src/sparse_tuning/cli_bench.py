@@ -56,7 +56,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; expected any of {', '.join(BENCH_ORDER)}")
     device = resolve_device(args.device)
-    setup = BenchSetup(args.model, args.img_size, args.batch_size, device, args.amp)
+    if args.weights and not Path(args.weights).is_file():
+        raise FileNotFoundError(f"weights file not found: {args.weights}")
+    setup = BenchSetup(args.model, args.img_size, args.batch_size, device, args.amp, weights=args.weights)
     accuracy = run_accuracies(args.runs) if args.runs else None
     rows = run_bench(setup, methods, args.rounds, args.warmup, memory=not args.no_memory, accuracy=accuracy)
     meta = {"command": "sparse-tuning " + shlex.join(args.argv),
@@ -159,6 +161,8 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--weights", default=None, help="local backbone weights (default: random values; speed does "
+                                                   "not depend on them)")
     p.add_argument("--amp", choices=("bf16", "fp16", "off"), default="off")
     p.add_argument("--rounds", type=int, default=10, help="timed rounds (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")

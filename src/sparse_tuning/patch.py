@@ -202,17 +202,31 @@ def check_supported(model: nn.Module) -> None:
 _model_classes: dict[type, type] = {}
 
 
-def _sparse_tuning_class(cls: type) -> type:
-    """A subclass of the model's class whose set_grad_checkpointing reaches our blocks container.
+class _SparseTuningModel:
+    """Mixed into the model's own class (ToMe's way: the model changes class, its state-dict keys
+    stay). set_grad_checkpointing reaches our blocks container: timm's checkpoint_seq would call
+    the blocks one by one and lose the adapter outputs passed between them, so the flag is kept
+    on ``model.sparse_tuning`` and honoured per block there."""
 
-    timm's checkpoint_seq would call the blocks one by one and lose the adapter outputs passed
-    between them, so the flag is kept on ``model.sparse_tuning`` and honoured per block there.
-    """
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.sparse_tuning.grad_checkpointing = enable
+
+    def __reduce_ex__(self, protocol):
+        # The class is made at runtime, so pickle cannot find it by name: pickle the original
+        # (importable) class instead and rebuild the subclass on loading (torch.save(model)).
+        base = next(c for c in type(self).__mro__[1:] if c is not _SparseTuningModel)
+        return _rebuild, (base,), self.__getstate__()
+
+
+def _rebuild(base: type):
+    cls = _sparse_tuning_class(base)
+    return cls.__new__(cls)
+
+
+def _sparse_tuning_class(cls: type) -> type:
+    """The subclass of the model's class with ``_SparseTuningModel`` mixed in (one per class)."""
     if cls not in _model_classes:
-        def set_grad_checkpointing(self, enable: bool = True) -> None:
-            self.sparse_tuning.grad_checkpointing = enable
-        _model_classes[cls] = type(f"SparseTuning{cls.__name__}", (cls,),
-                                   {"set_grad_checkpointing": set_grad_checkpointing})
+        _model_classes[cls] = type(f"SparseTuning{cls.__name__}", (_SparseTuningModel, cls), {})
     return _model_classes[cls]
 
 

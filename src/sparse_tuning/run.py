@@ -7,6 +7,7 @@ adapters.safetensors (Sparse-Tuning methods: the portable adapter file) and resu
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import dataclasses
 import json
@@ -68,8 +69,16 @@ def resolve_config(*layers: dict[str, Any]) -> dict[str, Any]:
     for layer in layers:
         for key, value in layer.items():
             if key not in out:
-                raise ValueError(f"unknown option {key!r} in the configuration")
+                raise ValueError(f"unknown option {key!r} in the configuration{_hint(key, out)}")
             if isinstance(out[key], dict):
+                if not isinstance(value or {}, dict):
+                    raise ValueError(f"option {key!r} holds a mapping of options, got {value!r}")
+                fields = SECTION_FIELDS[key]()
+                for name in value or {}:
+                    if name not in fields:
+                        close = difflib.get_close_matches(name, fields, n=1)
+                        raise ValueError(f"unknown option {name!r} under {key}:"
+                                         + (f"; did you mean {close[0]!r}?" if close else ""))
                 out[key].update(value or {})
             else:
                 out[key] = value
@@ -104,6 +113,24 @@ def resolve_config(*layers: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("video data (kinetics:, ssv2:, frames:, videolist:) needs --frames N, and --frames "
                          "needs video data")
     return out
+
+
+# The fields of each nested section, read from its dataclass (functions: the classes load late).
+SECTION_FIELDS = {
+    "train": lambda: [f.name for f in dataclasses.fields(TrainConfig)],
+    "sparse_tuning": lambda: [f.name for f in dataclasses.fields(SparseTuningConfig)],
+    "baseline": lambda: [f.name for f in dataclasses.fields(BaselineConfig)],
+    "video": lambda: [f.name for f in dataclasses.fields(VideoConfig)],
+}
+
+
+def _hint(key: str, top: dict[str, Any]) -> str:
+    """'; it belongs under train: (train: {epochs: ...})' or '; did you mean ...?'."""
+    for section, fields in SECTION_FIELDS.items():
+        if key in fields():
+            return f"; it belongs under {section}: ({section}: {{{key}: ...}}), or give it as --{key.replace('_', '-')}"
+    close = difflib.get_close_matches(key, list(top), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

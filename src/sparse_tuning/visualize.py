@@ -45,7 +45,7 @@ def random_recall(keep_counts: Sequence[tuple[int, int]]) -> list[float]:
     return out
 
 
-GREY = 200  # the pale grey that covers a patch that was not kept
+GREY = 128  # the mid grey that covers a patch that was not kept (visible on light and dark images)
 
 
 def grey_out(image: np.ndarray, keep: np.ndarray, patch: int, scale: int = 4) -> Image.Image:
@@ -55,7 +55,7 @@ def grey_out(image: np.ndarray, keep: np.ndarray, patch: int, scale: int = 4) ->
     grid = keep.reshape(H // patch, W // patch)
     for r, c in zip(*np.nonzero(~grid)):
         block = out[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
-        block[:] = 0.25 * block + 0.75 * GREY  # pale grey, a trace of the image left
+        block[:] = 0.2 * block + 0.8 * GREY  # grey, a trace of the image left
     img = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     return img.resize((W * scale, H * scale), Image.NEAREST)
 
@@ -101,7 +101,7 @@ def kept_tokens_figure(images: np.ndarray, masks: np.ndarray, patch: int, path: 
                 ax.set_title(titles[j], fontsize=7)
         if row_labels:
             axes[b, 0].set_ylabel(row_labels[b], fontsize=7)
-    grey = tuple(0.75 * GREY / 255 + 0.25 * v for v in (0.5, 0.5, 0.5))
+    grey = tuple(0.8 * GREY / 255 + 0.2 * v for v in (0.5, 0.5, 0.5))
     fig.legend(handles=[Patch(facecolor=grey, edgecolor="0.5", label="grey: patch not kept (merged into the "
                                                                        "fused token)"),
                         Patch(facecolor="white", edgecolor="0.5", label="clear: patch kept as its own token")],
