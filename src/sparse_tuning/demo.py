@@ -199,7 +199,7 @@ def run_demo(out: str | Path, quick: bool = False, log: Callable[[str], None] = 
     recall = measure_recall(st_model, test, n=min(256, len(test)))
     images, masks = sample_figure(st_model, test)
     figure = kept_tokens_figure(images, masks, patch=4, path=out / "kept_tokens.png",
-                                titles=["input: 64 patches"] + step_titles(st_model),
+                                titles=["input:\n64 patches"] + step_titles(st_model),
                                 row_labels=[TASKS["target"][test.sample(i)[2]] for i in range(len(images))],
                                 title="Demo: tokens the trained Sparse-Tuning model keeps (keep rate "
                                       f"{st_model.sparse_tuning.keep_rate:g})")

@@ -61,14 +61,14 @@ def grey_out(image: np.ndarray, keep: np.ndarray, patch: int, scale: int = 4) ->
 
 
 def step_titles(model: torch.nn.Module) -> list[str]:
-    """After a forward: 'block 4: 64 -> 45+1 tokens' per sparsification step (1-based block numbers,
+    """After a forward: 'block 4:\n64 -> 45+1 tokens' per sparsification step (1-based block numbers,
     patch tokens in -> kept + fused token out)."""
     st = model.sparse_tuning
     titles = []
     for i in st.sparsify_at:
         n_in, n_out = (n - st.num_prefix for n in st.last_tokens[i])
         fused = st.config.merge != "drop"
-        titles.append(f"block {i + 1}: {n_in} -> {n_out - fused}" + ("+1" if fused else "") + " tokens")
+        titles.append(f"block {i + 1}:\n{n_in} -> {n_out - fused}" + ("+1" if fused else "") + " tokens")
     return titles
 
 
@@ -89,7 +89,7 @@ def kept_tokens_figure(images: np.ndarray, masks: np.ndarray, patch: int, path: 
     B, H, W, _ = images.shape
     steps = masks.shape[0]
     titles = list(titles or ["input"] + [f"after step {i + 1}" for i in range(steps)])
-    cell = 1.9 if H >= 64 else 1.3
+    cell = 1.9
     fig, axes = plt.subplots(B, steps + 1, figsize=(cell * (steps + 1), cell * B + 0.9), squeeze=False)
     for b in range(B):
         panels = [images[b]] + [np.asarray(grey_out(images[b], masks[s, b], patch, 1)) for s in range(steps)]
