@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save
 
 from .api import apply, state_of, trainable_named_parameters
 from .config import SparseTuningConfig
-from .patch import check_supported
+from .patch import check_supported, original_class
 
 FORMAT = "sparse-tuning-adapters/1"
 # Config fields that change what the adapters compute: they must match on load. keep_rate is
@@ -29,9 +29,7 @@ RUNTIME_FIELDS = ("keep_rate",)
 
 def backbone_signature(model: nn.Module) -> dict[str, Any]:
     """What an adapter file must agree with: shapes that adapters and head depend on."""
-    base = type(model)
-    if getattr(model, "sparse_tuning", None) is not None:
-        base = base.__mro__[1]  # the class before Sparse-Tuning's subclass
+    base = original_class(model)  # the class before Sparse-Tuning's subclass
     return {
         "class": base.__name__,
         "embed_dim": int(model.embed_dim),

@@ -214,8 +214,15 @@ class _SparseTuningModel:
     def __reduce_ex__(self, protocol):
         # The class is made at runtime, so pickle cannot find it by name: pickle the original
         # (importable) class instead and rebuild the subclass on loading (torch.save(model)).
-        base = next(c for c in type(self).__mro__[1:] if c is not _SparseTuningModel)
-        return _rebuild, (base,), self.__getstate__()
+        return _rebuild, (original_class(self),), self.__getstate__()
+
+
+def original_class(model: nn.Module) -> type:
+    """The model's class before Sparse-Tuning patched it (its own class if unpatched)."""
+    cls = type(model)
+    if issubclass(cls, _SparseTuningModel):
+        return next(c for c in cls.__mro__[1:] if c is not _SparseTuningModel)
+    return cls
 
 
 def _rebuild(base: type):
