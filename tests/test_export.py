@@ -110,7 +110,7 @@ def test_visualize_a_pretrained_backbone_without_a_run(tmp_path, capsys):
                  "--img-size", "48", "--keep-rate", "0.5", str(photo), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "kept_tokens.png").is_file()
 
-    from sparse_tuning.cli_deploy import pretrained_with_sparsification
+    from sparse_tuning.run import pretrained_with_sparsification
     from sparse_tuning.data import make_transforms, rgb_loader
 
     model = pretrained_with_sparsification("st_vit_micro_patch4_32", str(tmp_path / "w.safetensors"), 48, 0.5)
@@ -132,3 +132,13 @@ def test_visualize_a_pretrained_backbone_without_a_run(tmp_path, capsys):
 def test_visualize_mistakes(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_unreadable_image_is_one_line_not_a_traceback(run, tmp_path, capsys):
+    run_dir, _ = run
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    for argv in (["visualize", "--run", str(run_dir), str(bad), "--out", str(tmp_path)],
+                 ["predict", "--run", str(run_dir), str(bad)]):
+        assert main(argv) == 2
+        assert f"cannot read {bad}" in capsys.readouterr().err

@@ -76,6 +76,11 @@ def test_readme_real_backbone_figures_are_in_the_committed_results():
     for method, r in results["methods"].items():
         assert len(r["top1"]) >= 3
         assert f"| {method} | {r['top1_mean']:.1f} ± {r['top1_std']:.1f} | {r['gflops']:.2f} |" in readme, method
+    m = results["methods"]
+    full_token_gflops = min(r["gflops"] for k, r in m.items() if k not in ("sparse-tuning", "ts-only"))
+    assert f"Sparse-Tuning costs {100 * m['sparse-tuning']['gflops'] / full_token_gflops:.0f}% of the FLOPs" in readme
+    lora = m["lora"]["vs_sparse_tuning"]
+    assert f"(by {lora['mean_difference']:.1f} points on average)" in readme
     kept = json.loads((real / "kept_tokens.json").read_text())["recall"]
     figures = ", ".join(f"{v:.2f}" for v in kept["per_photo_mean"])
     assert f"({figures})" in readme

@@ -15,8 +15,9 @@ import torch
 from .bench import EAGER, BenchSetup, markdown_table, plot, run_bench
 from .flops import flop_report
 from .run import load_eval_data, load_run, read_run_config
-from .stats import wilson_interval
+from .stats import accuracy_interval
 from .train import evaluate, resolve_device
+from .visualize import keep_rate_plot
 
 BENCH_ORDER = ("full", "linear", "adapter", "adaptformer", "lora", "vpt", "ts-only", "da-only", "sparse-tuning", EAGER)
 
@@ -109,9 +110,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 if i:
                     times.append(time.perf_counter() - t)
         times.sort()
-        correct = round(result["top1"] * result["images"] / 100)
         rows.append({"keep_rate": rate, "top1": result["top1"], **({"top5": result["top5"]} if "top5" in result else {}),
-                     "top1_ci95": list(wilson_interval(correct, result["images"])), "images": result["images"],
+                     "top1_ci95": accuracy_interval(result["top1"], result["images"]), "images": result["images"],
                      "gflops": gflops, "images_per_s": args.batch_size / times[len(times) // 2]})
     top5 = all("top5" in r for r in rows)  # not for tasks of 5 classes or fewer
     lines = ["| keep rate | top-1 (95% interval) |" + (" top-5 |" if top5 else "") + " GFLOPs | images/s |",
@@ -124,34 +124,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
-    plot_sweep(rows, out / "sweep.png", title=f"{cfg['model']}, {cfg['method']} run: accuracy across keep rates "
+    keep_rate_plot(rows, out / "sweep.png", title=f"{cfg['model']}, {cfg['method']} run: accuracy across keep rates "
                                              f"({rows[0]['images']} {images.eval_split} images)")
     return 0
-
-
-def plot_sweep(rows, path, title: str = "Accuracy and cost across keep rates") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rates = [r["keep_rate"] for r in rows]
-    top1 = [r["top1"] for r in rows]
-    err = [[t - r["top1_ci95"][0] for t, r in zip(top1, rows)], [r["top1_ci95"][1] - t for t, r in zip(top1, rows)]]
-    acc = ax.errorbar(rates, top1, yerr=err, fmt="o-", color="tab:red", capsize=3, label="top-1 (95% interval)")
-    ax.set_xlabel("keep rate at inference")
-    ax.set_ylabel("top-1 accuracy (%)", color="tab:red")
-    ax.set_ylim(0, 100)
-    ax2 = ax.twinx()
-    (cost,) = ax2.plot(rates, [r["gflops"] for r in rows], "s--", color="tab:blue", label="GFLOPs per image")
-    ax2.set_ylabel("GFLOPs per image", color="tab:blue")
-    ax2.set_ylim(0, None)
-    ax.legend(handles=[acc, cost], loc="lower right", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def add_commands(sub) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .export import FORMATS, export_run
-from .run import load_run
+from .run import load_run, pretrained_with_sparsification
 from .visualize import kept_tokens_figure, run_and_mask, step_titles
 
 
@@ -19,14 +19,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from .data import augment_mode, make_transforms, parse_data_spec, rgb_loader
+    from .data import augment_mode, make_transforms, parse_data_spec, read_user_image
 
     if (args.run is None) == (args.model is None):
         raise ValueError("visualize needs --run RUN_DIR (a trained run) or --model NAME (a pre-trained backbone "
                          "with token sparsification, nothing trained), not both")
-    for path in args.images:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image not found: {path}")
+    images = [read_user_image(p) for p in args.images]  # every file checked before any work
     if args.run is not None:
         if args.weights or args.img_size:
             raise ValueError("--weights and --img-size come from the run; give them with --model instead")
@@ -38,7 +36,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         model = pretrained_with_sparsification(args.model, args.weights, args.img_size, args.keep_rate)
         augment = "full"  # evaluation transform: resize, centre crop
     _, transform = make_transforms(model, augment)
-    x = torch.stack([transform(rgb_loader(p)) for p in args.images])
+    x = torch.stack([transform(image) for image in images])
     masks = run_and_mask(model, x)
     # Show the images as the model saw them: the transformed input, un-normalised.
     from timm.data import resolve_data_config
@@ -53,17 +51,6 @@ def cmd_visualize(args: argparse.Namespace) -> int:
                              title=f"Tokens kept at keep rate {model.sparse_tuning.keep_rate:g}")
     print(f"wrote {out}")
     return 0
-
-
-def pretrained_with_sparsification(name: str, weights: str | None, img_size: int | None,
-                                   keep_rate: float | None) -> torch.nn.Module:
-    """A pre-trained backbone with token sparsification and no adapters: what the method keeps
-    before any training (the ranking needs no trained part)."""
-    from .run import build_model, resolve_config
-
-    cfg = resolve_config({"model": name, "weights": weights, "img_size": img_size, "method": "ts-only",
-                          "sparse_tuning": {} if keep_rate is None else {"keep_rate": keep_rate}})
-    return build_model(cfg, num_classes=0).eval()
 
 
 def add_commands(sub) -> None:

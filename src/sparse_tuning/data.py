@@ -80,6 +80,16 @@ def rgb_loader(path: str | Path) -> Image.Image:
     return img.convert("RGB")
 
 
+def read_user_image(path: str | Path) -> Image.Image:
+    """An image the user named on the command line, as RGB; missing or unreadable: one line."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        return rgb_loader(path)
+    except IMAGE_ERRORS as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
 class ListDataset(Dataset):
     """(path, label) samples read with ``rgb_loader``."""
 

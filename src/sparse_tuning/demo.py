@@ -29,8 +29,9 @@ from .flops import flop_report
 from .methods import prepare
 from .shapes import TASKS, ShapesDataset, patch_foreground
 from .train import TrainConfig, evaluate, lr_at, train
-from .stats import proportions_differ, wilson_interval
-from .visualize import foreground_recall, kept_tokens_figure, random_recall, run_and_mask, step_titles
+from .stats import accuracy_interval, proportions_differ
+from .visualize import (foreground_recall, keep_rate_plot, kept_tokens_figure, random_recall, run_and_mask,
+                        step_titles)
 
 MODEL = "st_vit_micro_patch4_32"
 CACHE_VERSION = "demo-v1"
@@ -141,9 +142,8 @@ def finetune(method: str, backbone: dict[str, torch.Tensor], data: ImageData, pl
     seconds = time.perf_counter() - t0
     total, trainable = count_params(model)
     final = results["final"]
-    correct = round(final["top1"] * final["images"] / 100)
-    low, high = wilson_interval(correct, final["images"])
-    row = {"method": method, "top1": final["top1"], "top1_ci95": [low, high], "test_images": final["images"],
+    row = {"method": method, "top1": final["top1"], "top1_ci95": accuracy_interval(final["top1"], final["images"]),
+           "test_images": final["images"],
            "lr": lr, "params_trainable": trainable,
            "gflops": flop_report(model, (3, 32, 32)).gflops, "train_seconds": seconds}
     log(f"  {method:14s} top-1 {row['top1']:6.2f}  trained in {seconds:5.1f} s")
@@ -233,36 +233,17 @@ def sample_figure(model, test: ShapesDataset, n: int = 6):
 
 def keep_rate_sweep(model, test: TensorDataset, path: Path) -> list[dict]:
     """Accuracy and GFLOPs of the trained model across keep rates, no retraining."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     st, target = model.sparse_tuning, model.sparse_tuning.keep_rate
     rows = []
     for rate in KEEP_RATES:
         st.keep_rate = rate
         result = evaluate(model, test, 256)
-        correct = round(result["top1"] * result["images"] / 100)
-        rows.append({"keep_rate": rate, "top1": result["top1"], "top1_ci95": list(wilson_interval(correct, result["images"])),
+        rows.append({"keep_rate": rate, "top1": result["top1"],
+                     "top1_ci95": accuracy_interval(result["top1"], result["images"]),
                      "gflops": flop_report(model, (3, 32, 32)).gflops})
     st.keep_rate = target
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rates, top1 = [r["keep_rate"] for r in rows], [r["top1"] for r in rows]
-    err = [[t - r["top1_ci95"][0] for t, r in zip(top1, rows)], [r["top1_ci95"][1] - t for t, r in zip(top1, rows)]]
-    acc = ax.errorbar(rates, top1, yerr=err, fmt="o-", color="tab:red", capsize=3, label="top-1 (95% interval)")
-    ax.set_xlabel(f"keep rate at inference (trained at {target:g})")
-    ax.set_ylabel("top-1 accuracy (%)", color="tab:red")
-    ax.set_ylim(0, 100)
-    ax2 = ax.twinx()
-    (cost,) = ax2.plot(rates, [1000 * r["gflops"] for r in rows], "s--", color="tab:blue", label="MFLOPs per image")
-    ax2.set_ylabel("MFLOPs per image", color="tab:blue")
-    ax2.set_ylim(0, None)
-    ax.legend(handles=[acc, cost], loc="lower right", fontsize=8)
-    ax.set_title(f"Demo: one trained Sparse-Tuning model across keep rates ({len(test)} test images)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    keep_rate_plot(rows, path, f"Demo: Sparse-Tuning trained at keep rate {target:g}, evaluated at others "
+                               f"({len(test)} test images)", flops_scale=1000, flops_unit="MFLOPs")
     return rows
 
 

@@ -73,7 +73,7 @@ def resolve_config(*layers: dict[str, Any]) -> dict[str, Any]:
             if isinstance(out[key], dict):
                 if not isinstance(value or {}, dict):
                     raise ValueError(f"option {key!r} holds a mapping of options, got {value!r}")
-                fields = SECTION_FIELDS[key]()
+                fields = section_fields(key)
                 for name in value or {}:
                     if name not in fields:
                         close = difflib.get_close_matches(name, fields, n=1)
@@ -115,19 +115,17 @@ def resolve_config(*layers: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# The fields of each nested section, read from its dataclass (functions: the classes load late).
-SECTION_FIELDS = {
-    "train": lambda: [f.name for f in dataclasses.fields(TrainConfig)],
-    "sparse_tuning": lambda: [f.name for f in dataclasses.fields(SparseTuningConfig)],
-    "baseline": lambda: [f.name for f in dataclasses.fields(BaselineConfig)],
-    "video": lambda: [f.name for f in dataclasses.fields(VideoConfig)],
-}
+def section_fields(section: str) -> list[str]:
+    """The option names of a nested section, from its dataclass."""
+    cls = {"train": TrainConfig, "sparse_tuning": SparseTuningConfig, "baseline": BaselineConfig,
+           "video": VideoConfig}[section]
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def _hint(key: str, top: dict[str, Any]) -> str:
     """'; it belongs under train: (train: {epochs: ...})' or '; did you mean ...?'."""
-    for section, fields in SECTION_FIELDS.items():
-        if key in fields():
+    for section in ("train", "sparse_tuning", "baseline", "video"):
+        if key in section_fields(section):
             return f"; it belongs under {section}: ({section}: {{{key}: ...}}), or give it as --{key.replace('_', '-')}"
     close = difflib.get_close_matches(key, list(top), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -275,6 +273,15 @@ def train_run(cfg: dict[str, Any], run_dir: str | Path, resume: bool = False) ->
     return results
 
 
+def pretrained_with_sparsification(name: str, weights: str | None, img_size: int | None,
+                                   keep_rate: float | None) -> nn.Module:
+    """A pre-trained backbone with token sparsification and no adapters: what the method keeps
+    before any training (the ranking needs no trained part)."""
+    cfg = resolve_config({"model": name, "weights": weights, "img_size": img_size, "method": "ts-only",
+                          "sparse_tuning": {} if keep_rate is None else {"keep_rate": keep_rate}})
+    return build_model(cfg, num_classes=0).eval()
+
+
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
@@ -318,7 +325,7 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
 
 def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rate: Optional[float] = None,
                 device: str = "auto") -> list[dict[str, Any]]:
-    from .data import make_transforms, rgb_loader
+    from .data import make_transforms, read_user_image
 
     model, cfg = load_run(run_dir, keep_rate)
     if cfg.get("video", {}).get("frames"):
@@ -326,13 +333,11 @@ def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rat
     device = resolve_device(device)
     model.to(device)
     _, transform = make_transforms(model, augment_mode(parse_data_spec(cfg["data"]), cfg.get("augment", "auto")))
+    loaded = [read_user_image(path) for path in images]  # every file checked before any work
     out = []
-    for path in images:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-    for path in images:
+    for path, image in zip(images, loaded):
         with torch.no_grad():
-            probs = model(transform(rgb_loader(path)).unsqueeze(0).to(device)).softmax(-1)[0]
+            probs = model(transform(image).unsqueeze(0).to(device)).softmax(-1)[0]
         top = probs.topk(min(top_k, probs.numel()))
         out.append({"image": str(path), "top": [{"label": cfg["classes"][i], "index": int(i), "prob": float(p)}
                                                 for p, i in zip(top.values.tolist(), top.indices.tolist())]})

@@ -26,6 +26,11 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
 
 
+def accuracy_interval(top1: float, images: int) -> list[float]:
+    """The 95% Wilson interval of a top-1 (percent) measured on `images` images, as [low, high]."""
+    return list(wilson_interval(round(top1 * images / 100), images))
+
+
 def proportions_differ(top1_a: float, top1_b: float, n_a: int, n_b: int, z: float = Z95) -> bool:
     """Whether two accuracies (percent) on independent test sets of n_a and n_b images differ at
     95% (two-proportion z-test, pooled). False means the difference is inside the noise: a tie."""

@@ -135,9 +135,8 @@ def by_name(name: str, root: Path, train_tf, eval_tf, download: bool):
         train = cls(str(root), transform=ToRGB(train_tf), **train_kw, **extra)
         ev = cls(str(root), transform=ToRGB(eval_tf), **eval_kw, **extra)
         base = train
-    labels = labels_of(train)
     classes = getattr(base, "classes", None) or getattr(base, "categories", None)
-    classes = list(classes) if classes else [str(i) for i in range(1 + max(labels))]
+    classes = list(classes) if classes else [str(i) for i in range(1 + max(labels_of(train)))]
     return train, ev, classes, eval_split
 
 
@@ -175,7 +174,7 @@ def balanced_subset(labels: Sequence[int], n: int, seed: int) -> list[int]:
              for _, members in sorted(by_class.items())]
     chosen: list[int] = []
     depth = 0
-    while len(chosen) < n:  # round robin over the classes, in an order drawn once per seed
+    while len(chosen) < n:  # round robin: one image per class per round, classes in a drawn order
         order = torch.randperm(len(pools), generator=g).tolist()
         for c in order:
             if depth < len(pools[c]) and len(chosen) < n:

@@ -6,7 +6,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .api import kept_tokens
 
@@ -45,10 +44,40 @@ def random_recall(keep_counts: Sequence[tuple[int, int]]) -> list[float]:
     return out
 
 
+def keep_rate_plot(rows: Sequence[dict], path: str | Path, title: str, flops_scale: float = 1.0,
+                   flops_unit: str = "GFLOPs") -> None:
+    """Top-1 (with its 95% interval, rows' "top1_ci95") and cost per image across keep rates.
+
+    rows: {"keep_rate", "top1", "top1_ci95", "gflops"} each; cost drawn as gflops * flops_scale.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rates, top1 = [r["keep_rate"] for r in rows], [r["top1"] for r in rows]
+    err = [[t - r["top1_ci95"][0] for t, r in zip(top1, rows)], [r["top1_ci95"][1] - t for t, r in zip(top1, rows)]]
+    acc = ax.errorbar(rates, top1, yerr=err, fmt="o-", color="tab:red", capsize=3, label="top-1 (95% interval)")
+    ax.set_xlabel("keep rate at inference")
+    ax.set_ylabel("top-1 accuracy (%)", color="tab:red")
+    ax.set_ylim(0, 100)
+    ax2 = ax.twinx()
+    (cost,) = ax2.plot(rates, [flops_scale * r["gflops"] for r in rows], "s--", color="tab:blue",
+                       label=f"{flops_unit} per image")
+    ax2.set_ylabel(f"{flops_unit} per image", color="tab:blue")
+    ax2.set_ylim(0, None)
+    ax.legend(handles=[acc, cost], loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 GREY = 128  # the mid grey that covers a patch that was not kept (visible on light and dark images)
 
 
-def grey_out(image: np.ndarray, keep: np.ndarray, patch: int, scale: int = 4) -> Image.Image:
+def grey_out(image: np.ndarray, keep: np.ndarray, patch: int) -> np.ndarray:
     """image (H, W, 3) uint8 with the patches not in `keep` (flattened, row-major) greyed out."""
     H, W, _ = image.shape
     out = image.astype(np.float32).copy()
@@ -56,8 +85,7 @@ def grey_out(image: np.ndarray, keep: np.ndarray, patch: int, scale: int = 4) ->
     for r, c in zip(*np.nonzero(~grid)):
         block = out[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
         block[:] = 0.2 * block + 0.8 * GREY  # grey, a trace of the image left
-    img = Image.fromarray(out.clip(0, 255).astype(np.uint8))
-    return img.resize((W * scale, H * scale), Image.NEAREST)
+    return out.clip(0, 255).astype(np.uint8)
 
 
 def step_titles(model: torch.nn.Module) -> list[str]:
@@ -92,7 +120,7 @@ def kept_tokens_figure(images: np.ndarray, masks: np.ndarray, patch: int, path: 
     cell = 1.9
     fig, axes = plt.subplots(B, steps + 1, figsize=(cell * (steps + 1), cell * B + 0.9), squeeze=False)
     for b in range(B):
-        panels = [images[b]] + [np.asarray(grey_out(images[b], masks[s, b], patch, 1)) for s in range(steps)]
+        panels = [images[b]] + [grey_out(images[b], masks[s, b], patch) for s in range(steps)]
         for j, panel in enumerate(panels):
             ax = axes[b, j]
             ax.imshow(panel, interpolation="nearest")
