@@ -70,7 +70,7 @@ def test_bench_builds_from_weights_resampled_to_the_input_size(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from sparse_tuning.bench import BenchSetup, build
+    from sparse_tuning.tools.bench import BenchSetup, build
 
     torch.manual_seed(4)
     source = timm.create_model(MODEL, num_classes=0)

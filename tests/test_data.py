@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader
 
 import timm
 import sparse_tuning  # noqa: F401  (registers the small ViTs)
-from sparse_tuning.data import (DataError, SeededDataset, collate_skipping, load_image_data, make_transforms,
+from sparse_tuning.data.images import (DataError, SeededDataset, collate_skipping, load_image_data, make_transforms,
                                 parse_data_spec)
 
 

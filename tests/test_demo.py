@@ -5,7 +5,7 @@ import re
 from PIL import Image
 
 from sparse_tuning.cli import main
-from sparse_tuning.demo import METHODS
+from sparse_tuning.tools.demo import METHODS
 
 
 def test_quick_demo(tmp_path, monkeypatch, capsys):

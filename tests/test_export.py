@@ -7,7 +7,7 @@ from PIL import Image
 
 import sparse_tuning as st
 from sparse_tuning.cli import main
-from sparse_tuning.run import load_run
+from sparse_tuning.training.run import load_run
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_visualize(run, tmp_path):
 
 def test_step_titles_count_tokens_as_by_hand():
     from conftest import tiny_vit
-    from sparse_tuning.visualize import step_titles
+    from sparse_tuning.tools.visualize import step_titles
 
     model = st.apply(tiny_vit())
     model(torch.randn(1, 3, 32, 32))
@@ -99,7 +99,7 @@ def test_visualize_a_pretrained_backbone_without_a_run(tmp_path, capsys):
     import timm
     from safetensors.torch import save_file
 
-    from sparse_tuning.visualize import run_and_mask
+    from sparse_tuning.tools.visualize import run_and_mask
 
     torch.manual_seed(3)
     backbone = timm.create_model("st_vit_micro_patch4_32", num_classes=0)
@@ -110,14 +110,14 @@ def test_visualize_a_pretrained_backbone_without_a_run(tmp_path, capsys):
                  "--img-size", "48", "--keep-rate", "0.5", str(photo), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "kept_tokens.png").is_file()
 
-    from sparse_tuning.run import pretrained_with_sparsification
-    from sparse_tuning.data import make_transforms, rgb_loader
+    from sparse_tuning.training.run import pretrained_with_sparsification
+    from sparse_tuning.data.images import make_transforms, rgb_loader
 
     model = pretrained_with_sparsification("st_vit_micro_patch4_32", str(tmp_path / "w.safetensors"), 48, 0.5)
     assert model.patch_embed.img_size == (48, 48) and model.sparse_tuning.keep_rate == 0.5
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".adapter." in n)
     by_hand = timm.create_model("st_vit_micro_patch4_32", num_classes=0, img_size=48)
-    from sparse_tuning.run import load_weights
+    from sparse_tuning.training.run import load_weights
     load_weights(by_hand, tmp_path / "w.safetensors")
     st.apply(by_hand, st.SparseTuningConfig(keep_rate=0.5, adapters=False))
     x = make_transforms(model, "full")[1](rgb_loader(photo)).unsqueeze(0)

@@ -5,9 +5,11 @@ from conftest import tiny_vit
 from datasets import make_folder
 
 import sparse_tuning as st
-from sparse_tuning.baselines import merge_lora
-from sparse_tuning.methods import METHODS, BaselineConfig, prepare
-from sparse_tuning.run import load_run, resolve_config, train_run
+from sparse_tuning.methods import method_names, prepare
+from sparse_tuning.methods.lora import merge_lora
+
+METHODS = method_names()
+from sparse_tuning.training.run import load_run, resolve_config, train_run
 
 C, K, DEPTH = 64, 10, 12          # tiny ViT width, classes, blocks
 HEAD = C * K + K
@@ -49,7 +51,7 @@ def test_adaptformer_is_a_scaled_single_input_adapter_without_sparsification():
 
 
 def test_lora_merges_for_inference(images):
-    model = prepare(tiny_vit(), "lora", baseline=BaselineConfig(lora_rank=4))
+    model = prepare(tiny_vit(), "lora", options={"lora_rank": 4})
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
@@ -60,7 +62,7 @@ def test_lora_merges_for_inference(images):
 
 
 def test_vpt_prompts_change_the_output_and_keep_the_sequence(images):
-    model = prepare(tiny_vit(), "vpt", baseline=BaselineConfig(prompts=3))
+    model = prepare(tiny_vit(), "vpt", options={"prompts": 3})
     assert model.blocks.prompts.shape == (12, 3, 64)
     assert model.forward_features(images).shape == (2, 65, 64)
 
@@ -74,7 +76,7 @@ def test_every_method_trains_through_the_same_loop(method, tmp_path_factory):
     results = train_run(cfg, run)
     assert results["final"]["images"] == 4
     model, saved = load_run(run)
-    assert saved["method"] == method
+    assert saved.method == method
     before = {n: p.clone() for n, p in prepare(tiny_vit(num_classes=2), method).named_parameters()}
     changed = [n for n, p in model.named_parameters() if p.requires_grad and n in before
                and p.shape == before[n].shape and not torch.equal(p, before[n])]

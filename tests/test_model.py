@@ -6,7 +6,8 @@ import torch
 from conftest import randomize_adapters, tiny_vit
 
 import sparse_tuning as st
-from sparse_tuning.sparsify import apply_step
+from sparse_tuning.core.sparsify import apply_step
+from sparse_tuning.hosts import timm_vit
 
 
 def test_keep_rate_1_equals_plain_timm(images):
@@ -126,18 +127,18 @@ def test_earlier_adapter_output_follows_the_sparsification(images):
         blk.adapter.register_forward_hook(lambda m, args, out, i=i: outputs.__setitem__(i, out))
         blk.adapter.register_forward_pre_hook(lambda m, args, i=i: inputs.__setitem__(i, args[0]))
     steps = {}
-    orig = st.patch.sparsify
+    orig = timm_vit.sparsify
 
     def spy(x, scores, keep_rate, num_prefix, merge):
         y, step = orig(x, scores, keep_rate, num_prefix, merge)
         steps[len(steps)] = step
         return y, step
-    st.patch.sparsify = spy
+    timm_vit.sparsify = spy
     try:
         with torch.no_grad():
             model(images)
     finally:
-        st.patch.sparsify = orig
+        timm_vit.sparsify = orig
     assert [len(inputs[i]) for i in range(12)] == [1, 2, 2] + [3] * 9
     # Block 4 reads a_3 (already on the sparse sequence) and a_1 (from before the step at block 3).
     x4, a3, a1 = inputs[4]

@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
-from sparse_tuning.onnx_weights import onnx_parameters, timm_state_from_onnx  # noqa: E402
+from sparse_tuning.hosts.onnx_weights import onnx_parameters, timm_state_from_onnx  # noqa: E402
 
 
 def tiny_dinov2():

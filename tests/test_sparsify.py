@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sparse_tuning.sparsify import (apply_step, class_attention_scores, keep_count, original_positions,
+from sparse_tuning.core.sparsify import (apply_step, class_attention_scores, keep_count, original_positions,
                                     plan_step, sparsify)
 
 

@@ -1,7 +1,7 @@
 """Intervals and tie rules against independent implementations and hand-computed values."""
 import pytest
 
-from sparse_tuning.stats import paired_difference, proportions_differ, wilson_interval
+from sparse_tuning.tools.stats import paired_difference, proportions_differ, wilson_interval
 
 
 @pytest.mark.parametrize("correct,n", [(44, 100), (221, 500), (0, 20), (20, 20), (1, 3)])
@@ -28,7 +28,7 @@ def test_the_demo_headline_is_a_tie():
 @pytest.mark.parametrize("df", range(1, 11))
 def test_t_quantiles_match_scipy(df):
     stats = pytest.importorskip("scipy.stats")
-    from sparse_tuning.stats import T95
+    from sparse_tuning.tools.stats import T95
     assert T95[df - 1] == pytest.approx(stats.t.ppf(0.975, df), abs=1e-6)
 
 

@@ -9,8 +9,8 @@ from datasets import make_eurosat, make_mnist, write_idx
 
 import timm
 import sparse_tuning  # noqa: F401  (registers the small ViTs)
-from sparse_tuning.data import DataError, load_image_data, parse_data_spec
-from sparse_tuning.torchvision_data import balanced_subset, read_idx
+from sparse_tuning.data.images import DataError, load_image_data, parse_data_spec
+from sparse_tuning.data.torchvision_sets import balanced_subset, read_idx
 
 
 @pytest.fixture(scope="module")

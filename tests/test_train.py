@@ -8,8 +8,10 @@ from datasets import make_folder
 from safetensors import safe_open
 
 import sparse_tuning as st
-from sparse_tuning.run import resolve_config, train_run
-from sparse_tuning.train import TrainConfig, TrainingError, keep_rate_at, lr_at, param_groups
+from sparse_tuning.training.run import load_run, resolve_config, train_run
+from sparse_tuning.methods.sparse_tuning import keep_rate_at
+from sparse_tuning.training.config import TrainConfig
+from sparse_tuning.training.loop import TrainingError, lr_at, param_groups
 
 MODEL = "st_vit_micro_patch4_32"
 
@@ -80,7 +82,7 @@ def test_only_trainable_parameters_change(folder, tmp_path):
     train_run(cfg, tmp_path / "run")
     torch.manual_seed(0)
     fresh = timm.create_model(MODEL, num_classes=3)
-    model, _ = st.run.load_run(tmp_path / "run")
+    model, _ = load_run(tmp_path / "run")
     for name, p in fresh.state_dict().items():
         if not name.startswith("head."):
             assert torch.equal(p, model.state_dict()[name]), name
@@ -99,7 +101,7 @@ def test_keep_rate_warmup_is_logged_and_eval_uses_the_target(folder, tmp_path):
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rates = [l["keep_rate"] for l in lines if "keep_rate" in l]
     assert rates[0] == 1.0 and rates == sorted(rates, reverse=True) and rates[-1] > 0.7
-    model, _ = st.run.load_run(tmp_path / "run")
+    model, _ = load_run(tmp_path / "run")
     assert model.sparse_tuning.keep_rate == 0.7
 
 
@@ -154,7 +156,7 @@ def test_top5_only_for_more_than_five_classes(classes, has_top5):
     """With 5 classes or fewer top-5 is 100% by construction: it is not reported."""
     from torch.utils.data import TensorDataset
 
-    from sparse_tuning.train import evaluate
+    from sparse_tuning.training.evaluate import evaluate
 
     torch.manual_seed(0)
     x, y = torch.randn(12, 4), torch.arange(12) % classes

@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader
 
 import sparse_tuning as st
 from sparse_tuning.cli import main
-from sparse_tuning.data import DataError, collate_skipping
-from sparse_tuning.video import VideoViT, kept_positions
-from sparse_tuning.video_data import (TooShortError, VideoOptions, frame_count, load_video_data, read_frames,
+from sparse_tuning.data.images import DataError, collate_skipping
+from sparse_tuning.hosts.timm_video import VideoViT, kept_positions
+from sparse_tuning.data.video import (TooShortError, ClipPlan, frame_count, load_video_data, read_frames,
                                       sample_indices)
 
 pytest.importorskip("av")
@@ -36,7 +36,7 @@ def test_reads_exactly_the_frames_asked_for(tmp_path, kind):
 
 
 def test_dense_and_segment_sampling():
-    dense = VideoOptions(frames=8, rate=4)
+    dense = ClipPlan(frames=8, rate=4)
     random.seed(0)
     for _ in range(20):
         idx = sample_indices(100, dense)
@@ -44,7 +44,7 @@ def test_dense_and_segment_sampling():
     views = [sample_indices(100, dense, c, 5) for c in range(5)]
     assert views[0][0] == 0 and views[-1][-1] == 99 and len({v[0] for v in views}) == 5
     assert sample_indices(20, dense) == [round(i * 19 / 7) for i in range(8)]   # too few for rate 4: spread
-    seg = VideoOptions(frames=4, sampling="segment")
+    seg = ClipPlan(frames=4, sampling="segment")
     assert sample_indices(40, seg, 0, 1) == [5, 15, 25, 35]                     # middle of each segment
     for _ in range(20):
         idx = sample_indices(40, seg)
@@ -58,7 +58,7 @@ def test_dataset_items_and_skipped_videos(tmp_path):
     (root / "videos" / "broken.mp4").write_bytes(b"not a video")
     write_mp4(root / "videos" / "short.mp4", moving_square_frames(3))
     (root / "train.csv").write_text((root / "train.csv").read_text() + "videos/broken.mp4 0\nvideos/short.mp4 1\n")
-    opts = VideoOptions(frames=4, rate=2, test_clips=2, test_crops=3, size=32)
+    opts = ClipPlan(frames=4, rate=2, test_clips=2, test_crops=3, size=32)
     data = load_video_data("kinetics", str(root), opts)
     assert data.num_classes == 2 and len(data.train) == 6
     clip, label = data.train[0]
@@ -76,10 +76,10 @@ def test_missing_videos_and_bad_lines(tmp_path):
     root = make_video_root(tmp_path / "r", per_class=1)
     (root / "val.csv").write_text("videos/nope.mp4 0\n")
     with pytest.raises(DataError, match="missing file"):
-        load_video_data("kinetics", str(root), VideoOptions())
+        load_video_data("kinetics", str(root), ClipPlan())
     (root / "val.csv").write_text("videos/train_0_0.mp4\n")
     with pytest.raises(DataError, match="expected '<video path> <label>'"):
-        load_video_data("kinetics", str(root), VideoOptions())
+        load_video_data("kinetics", str(root), ClipPlan())
 
 
 def micro(**kw):

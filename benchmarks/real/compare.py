@@ -5,10 +5,10 @@ by backbone.py) fine-tuned on class-balanced Fashion-MNIST subsets, several seed
         --data fashionmnist:/usr/share/datasets/fashion-mnist --runs /tmp/real-runs --out benchmarks/real
 
 Phases (each skips work already on disk, so an interrupted benchmark continues):
-  train   one run per (method, seed) through the normal training loop (sparse_tuning.run)
+  train   one run per (method, seed) through the normal training loop (sparse_tuning.training.run)
   sweep   the trained Sparse-Tuning runs evaluated at other keep rates, no retraining
   time    training-step time and inference throughput of every method, interleaved rounds on
-          random inputs of the same shapes (sparse_tuning.bench), and GFLOPs
+          random inputs of the same shapes (sparse_tuning.tools.bench), and GFLOPs
   report  results.json, results.md, accuracy.png, keep_rate.png
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ KEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def run_config(args: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
-    from sparse_tuning.run import resolve_config
+    from sparse_tuning.training.run import resolve_config
 
     return resolve_config({
         "model": MODEL, "weights": args.weights, "img_size": args.img_size, "data": args.data, "method": method,
@@ -44,7 +44,7 @@ def run_config(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
 
 
 def phase_train(args: argparse.Namespace) -> None:
-    from sparse_tuning.run import train_run
+    from sparse_tuning.training.run import train_run
 
     for seed in args.seeds:
         for method in args.methods:
@@ -56,7 +56,7 @@ def phase_train(args: argparse.Namespace) -> None:
 
 
 def phase_sweep(args: argparse.Namespace) -> None:
-    from sparse_tuning.run import eval_run
+    from sparse_tuning.training.run import eval_run
 
     for seed in args.seeds:
         run = Path(args.runs) / f"sparse-tuning-seed{seed}"
@@ -69,10 +69,10 @@ def phase_sweep(args: argparse.Namespace) -> None:
 
 
 def phase_time(args: argparse.Namespace) -> None:
-    from sparse_tuning.bench import BenchSetup, run_bench
-    from sparse_tuning.flops import flop_report
+    from sparse_tuning.tools.bench import BenchSetup, run_bench
+    from sparse_tuning.tools.flops import flop_report
     from sparse_tuning.methods import method_config, prepare
-    from sparse_tuning.run import build_architecture
+    from sparse_tuning.training.run import build_architecture
 
     out = Path(args.runs) / "timing.json"
     if out.is_file():
@@ -109,7 +109,7 @@ def phase_report(args: argparse.Namespace, argv: list[str]) -> None:
                            "params_trainable": r["params_trainable"],
                            "train_s_per_epoch": r["train_step_s"] * steps_per_epoch,
                            "infer_img_s": r["infer_images_per_s"]}
-    from sparse_tuning.stats import paired_difference
+    from sparse_tuning.tools.stats import paired_difference
 
     ref = methods.get("sparse-tuning")
     for method, r in methods.items():

@@ -44,9 +44,9 @@ def main() -> int:
     p.add_argument("--weights", required=True)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent))
     args = p.parse_args()
-    from sparse_tuning.run import pretrained_with_sparsification
-    from sparse_tuning.video import VideoViT, kept_positions
-    from sparse_tuning.visualize import (foreground_recall, kept_masks, kept_tokens_figure, random_recall,
+    from sparse_tuning.training.run import pretrained_with_sparsification
+    from sparse_tuning.hosts.timm_video import VideoViT, kept_positions
+    from sparse_tuning.tools.visualize import (foreground_recall, kept_masks, kept_tokens_figure, random_recall,
                                          run_and_mask, step_titles)
 
     out = Path(args.out)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from .api import apply, state_of, trainable_named_parameters
-from .config import SparseTuningConfig
-from .patch import check_supported, original_class
+from .core.config import SparseTuningConfig
+from .files import atomic_write_bytes
+from .hosts import host_for
 
 FORMAT = "sparse-tuning-adapters/1"
 # Config fields that change what the adapters compute: they must match on load. keep_rate is
@@ -29,32 +29,7 @@ RUNTIME_FIELDS = ("keep_rate",)
 
 def backbone_signature(model: nn.Module) -> dict[str, Any]:
     """What an adapter file must agree with: shapes that adapters and head depend on."""
-    base = original_class(model)  # the class before Sparse-Tuning's subclass
-    return {
-        "class": base.__name__,
-        "embed_dim": int(model.embed_dim),
-        "depth": len(model.blocks),
-        "num_heads": int(model.blocks[0].attn.num_heads),
-        "num_prefix_tokens": int(model.num_prefix_tokens),
-        "num_classes": int(model.num_classes),
-    }
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    return host_for(model).signature(model)
 
 
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> None:
@@ -93,7 +68,7 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     config, backbone = read_adapter_metadata(path)
     applied = getattr(model, "sparse_tuning", None) is not None
     if not applied:
-        check_supported(model)
+        host_for(model).check_supported(model)
     mine = backbone_signature(model)
     diff = [f"{k}: file {backbone[k]!r}, model {mine.get(k)!r}" for k in backbone if backbone[k] != mine.get(k)]
     if diff:

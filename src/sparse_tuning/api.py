@@ -6,21 +6,22 @@ from typing import Iterator, Optional
 import torch
 import torch.nn as nn
 
-from .config import SparseTuningConfig
-from .patch import SparseTuningState, patch_vit
+from .core.config import SparseTuningConfig
+from .core.state import SparseTuningState
+from .hosts import host_for
 
 
 def apply(model: nn.Module, config: Optional[SparseTuningConfig] = None) -> nn.Module:
-    """Turn a timm ViT into a Sparse-Tuning model, in place; returns the model.
+    """Turn a ViT into a Sparse-Tuning model, in place; returns the model.
 
     The backbone is frozen; the Dense Adapters and the classifier head train. Backbone
-    state-dict keys are unchanged, so timm checkpoints still load into it.
+    state-dict keys are unchanged, so the host's checkpoints still load into it.
     """
     config = SparseTuningConfig() if config is None else config
     if not isinstance(config, SparseTuningConfig):
         raise ValueError(f"config must be a SparseTuningConfig, got {type(config).__name__}")
     config.validate()
-    patch_vit(model, config)
+    host_for(model).patch(model, config)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in trainable_parameters(model):
@@ -37,14 +38,12 @@ def state_of(model: nn.Module) -> SparseTuningState:
 
 def classifier_modules(model: nn.Module) -> list[nn.Module]:
     """The classification head(s): DeiT's distilled models have two."""
-    heads = model.get_classifier()
-    return list(heads) if isinstance(heads, (tuple, list)) else [heads]
+    return host_for(model).classifier(model)
 
 
 def trainable_named_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """What Sparse-Tuning trains, declared: every block's adapter and the classifier head(s)."""
-    state_of(model)
-    wanted = {id(p) for blk in model.blocks if blk.adapter is not None for p in blk.adapter.parameters()}
+    wanted = {id(p) for adapter in state_of(model).adapters() for p in adapter.parameters()}
     wanted |= {id(p) for head in classifier_modules(model) for p in head.parameters()}
     for name, p in model.named_parameters():
         if id(p) in wanted:

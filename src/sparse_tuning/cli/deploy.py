@@ -1,0 +1,45 @@
+"""Commands export (deployment formats) and visualize (which tokens survive, on your images)."""
+from __future__ import annotations
+
+import argparse
+
+from .options import add_model_options
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..tools.export import export_run
+
+    print(f"wrote {export_run(args.run, args.format, args.out, args.keep_rate)}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from ..tools.visualize import visualize_images
+
+    path = visualize_images(args.images, args.out, run=args.run, model=args.model, weights=args.weights,
+                            img_size=args.img_size, keep_rate=args.keep_rate)
+    print(f"wrote {path}")
+    return 0
+
+
+FORMATS = ("onnx", "torchscript", "export", "safetensors")  # tools.export.FORMATS, without importing torch
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("export", help="write a trained run for deployment")
+    p.add_argument("--run", required=True, help="a trained run folder")
+    p.add_argument("--format", choices=FORMATS, required=True,
+                   help="onnx, torchscript (traced), export (torch.export .pt2), safetensors (for load_model)")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--keep-rate", type=float, default=None, help="bake in another keep rate (default: the run's)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("visualize", help="kept-token picture of your images, with a trained run or a backbone")
+    p.add_argument("--run", default=None, help="a trained run folder")
+    p.add_argument("--model", default=None, help="or a model name: the pre-trained backbone, nothing trained")
+    add_model_options(p, ["weights", "img_size"])
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", default=".", help="folder for kept_tokens.png (default: %(default)s)")
+    p.add_argument("--keep-rate", type=float, default=None, help="share of tokens kept per step (default: the run's, "
+                                                                 "or 0.7 with --model)")
+    p.set_defaults(func=cmd_visualize)

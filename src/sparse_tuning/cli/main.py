@@ -1,0 +1,69 @@
+"""The ``sparse-tuning`` command line: it parses and prints; the work is in library functions.
+
+Nothing here imports torch at load time: ``--help`` and argument errors answer at once. User
+mistakes print one line and exit 2, no traceback; a bug keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from . import deploy, measure, train
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..tools.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..methods import all_methods
+
+    for m in all_methods():
+        options = [f.name for f in dataclasses.fields(m.options)] if m.options else []
+        extra = f"  [options: {', '.join('--' + o.replace('_', '-') for o in options)}]" if options else ""
+        print(f"{m.name:14s} {m.help}{extra}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparse-tuning",
+        description="Sparse-Tuning for Vision Transformers: token sparsification + Dense Adapters.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    measure.add_flops_command(sub)
+    p = sub.add_parser("demo", help="offline demo: pre-train a small ViT, fine-tune it with every method, report")
+    p.add_argument("--out", default="sparse-tuning-demo", help="report folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a smaller run, under a minute")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("methods", help="the methods and their own options")
+    p.set_defaults(func=cmd_methods)
+    train.add_commands(sub)
+    measure.add_commands(sub)
+    deploy.add_commands(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = make_parser().parse_args(argv)
+    args.argv = argv  # recorded by commands that write how they were run
+    from ..training.loop import TrainingError  # after parsing: --help and argument errors need no torch
+
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TrainingError) as e:  # DataError is a ValueError
+        message = str(e).strip()
+        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep its last line
+            message = message.splitlines()[-1].split(": ", 1)[-1]
+        print(f"sparse-tuning {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

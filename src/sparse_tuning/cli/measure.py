@@ -1,0 +1,122 @@
+"""Commands flops (cost of a model by name), bench (every method side by side) and sweep (one
+trained run across keep rates)."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from .options import add_model_options
+from .train import add_trained_run_options
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    from ..tools.flops import cost_text, model_cost
+
+    fields = {k: v for k, v in (("bottleneck", args.bottleneck), ("sparsify_at", args.sparsify_at),
+                                ("merge", args.merge)) if v is not None}
+    cost = model_cost(args.model, args.method, args.img_size, args.num_classes, args.keep_rate,
+                      frames=args.frames, video_tokens=args.video_tokens, tubelet=args.tubelet, **fields)
+    print(json.dumps(cost) if args.json else cost_text(cost))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..tools.bench import BenchSetup, bench_rows, machine_name, markdown_table, run_accuracies, run_bench, \
+        split_row, write_bench
+    from ..training.devices import resolve_device
+
+    methods = list(bench_rows()) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        split_row(m)
+    device = resolve_device(args.device)
+    if args.weights and not Path(args.weights).is_file():
+        raise FileNotFoundError(f"weights file not found: {args.weights}")
+    setup = BenchSetup(args.model, args.img_size, args.batch_size, device, args.amp, weights=args.weights)
+    accuracy = run_accuracies(args.runs) if args.runs else None
+    say = lambda line: print(line, file=sys.stderr, flush=True)
+    rows = run_bench(setup, methods, args.rounds, args.warmup, memory=not args.no_memory, accuracy=accuracy,
+                     progress=say)
+    meta = {"command": "sparse-tuning " + shlex.join(args.argv),
+            "date": datetime.date.today().isoformat(), "machine": machine_name(device), "torch": torch.__version__,
+            "setup": setup.__dict__, "rounds": args.rounds, "warmup": args.warmup,
+            "memory": "cuda max_memory_allocated" if device.startswith("cuda") else
+                      "peak RSS of a fresh process during the phase minus RSS before it (VmHWM)"}
+    print(markdown_table(rows))
+    write_bench(args.out, meta, rows)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..tools.sweep import keep_rate_sweep, sweep_markdown
+    from ..tools.visualize import keep_rate_plot
+    from ..training.devices import resolve_device
+    from ..training.run import load_eval_data, load_run
+
+    rates = [float(r) for r in args.keep_rates.split(",") if r.strip()]
+    device = resolve_device(args.device)
+    model, cfg = load_run(args.run)
+    if getattr(model, "sparse_tuning", None) is None or not model.sparse_tuning.sparsify_at:
+        raise ValueError(f"sweep needs a run that sparsifies tokens; this one used --method {cfg.method}")
+    if cfg.video.frames:
+        raise ValueError("sweep measures image runs; for a video run, use eval --keep-rate")
+    images = load_eval_data(model, cfg, args.data)  # loaded once, evaluated at every keep rate
+    model.to(device).eval()
+    say = lambda line: print(line, file=sys.stderr, flush=True)
+    rows = keep_rate_sweep(model, images.eval, rates, args.batch_size, device, cfg.train.amp,
+                           timing_rounds=args.rounds, progress=say)
+    table = sweep_markdown(rows)
+    print(table)
+    out = Path(args.out or args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "sweep.md").write_text(table + "\n")
+    keep_rate_plot(rows, out / "sweep.png", title=f"{cfg.model}, {cfg.method} run: accuracy across keep rates "
+                                             f"({rows[0]['images']} {images.eval_split} images)")
+    return 0
+
+
+def add_flops_command(sub) -> None:
+    from ..methods import method_names
+
+    p = sub.add_parser("flops", help="GFLOPs, parameters and tokens per block of a model (no weights needed)")
+    add_model_options(p, ["model", "img_size"], model="vit_base_patch16_224")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
+    p.add_argument("--method", choices=method_names() + ("dense",), default="sparse-tuning", metavar="METHOD",
+                   help="a method (`sparse-tuning methods` lists them), or dense: the plain model "
+                        "(default: %(default)s)")
+    add_model_options(p, ["keep_rate", "bottleneck", "sparsify_at", "merge", "frames", "video_tokens", "tubelet"],
+                      video_tokens="joint", tubelet=2)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_flops)
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("bench", help="every method side by side: parameters, GFLOPs, time, memory")
+    add_model_options(p, ["model", "img_size", "weights"], model="vit_base_patch16_224")
+    p.add_argument("--methods", default="all", help="all (every method, then sparse-tuning with eager attention), "
+                                                    "or comma-separated names; 'NAME (eager)' times NAME with "
+                                                    "attention computed by hand")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (default: %(default)s)")
+    add_model_options(p, ["amp"], amp="off")
+    p.add_argument("--rounds", type=int, default=10, help="timed rounds; the median is reported (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    p.add_argument("--runs", nargs="*", default=None, help="trained run folders (one per method) whose best "
+                                                           "test top-1 joins the table, each named under it")
+    p.add_argument("--out", default="bench", help="folder for bench.md/json/csv/png (default: %(default)s)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("sweep", help="one trained run across keep rates: accuracy, GFLOPs, throughput")
+    add_trained_run_options(p, batch_size=32, keep_rate=False)
+    p.add_argument("--data", default=None, help="data spec (default: the run's)")
+    p.add_argument("--keep-rates", default="0.5,0.6,0.7,0.8,0.9,1.0", help="comma-separated (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=5, help="timed inference rounds per rate (default: %(default)s)")
+    p.add_argument("--out", default=None, help="folder for sweep.md/json/png (default: the run folder)")
+    p.set_defaults(func=cmd_sweep)

@@ -1,0 +1,103 @@
+"""Commands train, eval, predict and vtab. Every run option is a flag derived from the run
+configuration (cli/options.py), so flags and config keys cannot drift apart."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .options import add_run_options, given_run_options, option_layers
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..training.config import read_run_config, resolve_config
+    from ..training.evaluate import top5_text
+    from ..training.run import train_run
+
+    if args.resume:
+        if given_run_options(args) or args.out or args.config:
+            raise ValueError("--resume RUN_DIR continues a run with its own config.json; give no other options")
+        cfg = read_run_config(args.resume)
+        results = train_run(cfg, args.resume, resume=True)
+    else:
+        if not args.out:
+            raise ValueError("train needs --out RUN_DIR (where the run is written)")
+        out = Path(args.out)
+        if (out / "checkpoints").exists() or (out / "results.json").exists():
+            raise ValueError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
+        cfg = resolve_config(*option_layers(args))
+        results = train_run(cfg, out)
+    if results.get("final"):
+        final, best = results["final"], results["best"]
+        print(f"final (epoch {final['epoch']}): top-1 {final['top1']:.2f}{top5_text(final, ' ')}; "
+              f"best top-1 {best['top1']:.2f} (epoch {best['epoch']})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..training.evaluate import top5_text
+    from ..training.run import eval_run
+
+    result = eval_run(args.run, args.data, args.keep_rate, args.device, args.batch_size)
+    print(f"{result['split']}: top-1 {result['top1']:.2f}{top5_text(result, ' ')}  "
+          f"({result['images']} images, keep rate {result['keep_rate']})")
+    name = f"eval-{result['split']}" + (f"-keep{args.keep_rate}" if args.keep_rate is not None else "")
+    (Path(args.run) / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ..training.run import predict_run
+
+    preds = predict_run(args.run, args.images, args.top_k, args.keep_rate, args.device)
+    text = json.dumps(preds, indent=1)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_vtab(args: argparse.Namespace) -> int:
+    from ..tools.vtab import VTAB_TASKS, run_vtab
+
+    tasks = VTAB_TASKS if args.tasks == "all" else tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    print(run_vtab(args.root, args.out, tasks, option_layers(args)))
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a ViT on a dataset")
+    p.add_argument("--out", help="run folder to write")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run where it stopped")
+    add_run_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("vtab", help="the VTAB-1K protocol: train and test every task, then the table")
+    p.add_argument("--root", required=True, help="VTAB-1K root holding one folder per task")
+    p.add_argument("--out", required=True, help="folder for one run per task and the table")
+    p.add_argument("--tasks", default="all", help="all, or comma-separated task names")
+    add_run_options(p)
+    p.set_defaults(func=cmd_vtab)
+
+    p = sub.add_parser("eval", help="top-1 / top-5 of a trained run")
+    add_trained_run_options(p, batch_size=128)
+    p.add_argument("--data", default=None, help="data spec (default: the run's)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k labels of images with a trained run (JSON)")
+    add_trained_run_options(p)
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--top-k", type=int, default=5, help="labels per image (default: %(default)s)")
+    p.add_argument("--output", default=None, help="also write the JSON here")
+    p.set_defaults(func=cmd_predict)
+
+
+def add_trained_run_options(p: argparse.ArgumentParser, batch_size: int = 0, keep_rate: bool = True) -> None:
+    """--run, --keep-rate, --device (and --batch-size) of the commands that use a trained run."""
+    p.add_argument("--run", required=True, help="a trained run folder")
+    if keep_rate:
+        p.add_argument("--keep-rate", type=float, default=None,
+                       help="another keep rate at inference, no retraining (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default: auto)")
+    if batch_size:
+        p.add_argument("--batch-size", type=int, default=batch_size, help="images per batch (default: %(default)s)")

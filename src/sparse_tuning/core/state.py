@@ -1,0 +1,68 @@
+"""``model.sparse_tuning``: a patched model's config, runtime knobs and what its last forward did.
+
+Host-independent: a host gives it the blocks container (whose blocks carry ``adapter``) and the
+attention modules (each with timm's ``fused_attn`` switch, which every host's attention honours).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .config import SparseTuningConfig, check_keep_rate
+from .sparsify import SparsifyStep, original_positions
+
+
+class SparseTuningState:
+    """``model.sparse_tuning``: the config, the runtime knobs and what the last forward did."""
+
+    def __init__(self, config: SparseTuningConfig, sparsify_at: tuple[int, ...], num_prefix: int,
+                 blocks: nn.Sequential, attention: Sequence[nn.Module]) -> None:
+        self.config = config
+        self.sparsify_at = sparsify_at
+        self.num_prefix = num_prefix
+        self.grad_checkpointing = False
+        # Pass earlier adapter outputs on in factored form (FactoredOutput): the same arithmetic
+        # with b+1 numbers per token instead of C. False runs the reference formulation, which
+        # the FLOP counter uses and the parity tests compare against.
+        self.factored_history = True
+        self._blocks = blocks
+        self._attention = list(attention)
+        self.last_steps: list[Optional[SparsifyStep]] = []
+        self.last_tokens: list[tuple[int, int]] = []   # (tokens in, tokens out) per block
+        self.last_num_patches = 0
+        self.last_batch_size = 0
+        self.last_steps_device: Optional[torch.device] = None
+
+    @property
+    def keep_rate(self) -> float:
+        return self.config.keep_rate
+
+    @keep_rate.setter
+    def keep_rate(self, value: float) -> None:
+        check_keep_rate(value)
+        self.config.keep_rate = float(value)
+
+    @property
+    def fused_attn(self) -> bool:
+        return all(attn.fused_attn for attn in self._attention)
+
+    @fused_attn.setter
+    def fused_attn(self, value: bool) -> None:
+        # timm's own per-module switch; the sparsifying blocks read it too.
+        for attn in self._attention:
+            attn.fused_attn = bool(value)
+
+    def adapters(self) -> list[nn.Module]:
+        """The Dense Adapters, in block order (none for token sparsification alone)."""
+        return [blk.adapter for blk in self._blocks if blk.adapter is not None]
+
+    def kept_tokens(self) -> list[torch.Tensor]:
+        if not self.last_batch_size:
+            raise RuntimeError("no forward pass has run since Sparse-Tuning was applied")
+        return original_positions(self.last_steps, self.last_num_patches, self.last_batch_size,
+                                  device=self.last_steps_device)
+
+    def __repr__(self) -> str:
+        return f"SparseTuningState(sparsify_at={self.sparsify_at}, config={self.config})"

@@ -1,0 +1,322 @@
+"""Image datasets named by a spec string, with the backbone's transforms.
+
+    folder:PATH        ImageFolder layout: PATH/train/<class>/..., PATH/val/ (or PATH/test/)
+    vtab:ROOT/TASK     VTAB-1K list files (NOAH's layout): train800val200.txt, test.txt, ...
+    cifar100:ROOT      torchvision's CIFAR-100 (--download fetches it where a network exists)
+    svhn:ROOT          torchvision's SVHN (needs scipy)
+    food101:ROOT       torchvision's Food-101
+    mnist:ROOT, fashionmnist:ROOT, torchvision:NAME:ROOT   see torchvision_sets.py
+
+Unreadable images are skipped and counted (``strict=False``) or fail with their path.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .options import AUGMENTS, IMAGE_KINDS as KINDS
+
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class DataError(ValueError):
+    """A problem with the user's data: missing paths, bad labels, unreadable files."""
+
+
+@dataclass
+class DataSpec:
+    kind: str
+    path: Path
+    raw: str
+    name: str = ""  # the torchvision dataset class of torchvision:NAME:ROOT
+
+    @property
+    def augment(self) -> str:
+        """'vtab' (direct resize, no augmentation: the VTAB-1K protocol) or 'full'."""
+        return "vtab" if self.kind == "vtab" else "full"
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    kind, sep, path = spec.partition(":")
+    name = ""
+    if kind == "torchvision":
+        name, _, path = path.partition(":")
+        if not name or not path:
+            raise DataError(f"--data {spec!r}: expected torchvision:NAME:ROOT, e.g. torchvision:DTD:./data")
+    if not sep or kind not in KINDS or not path:
+        raise DataError(f"--data {spec!r}: expected KIND:PATH with KIND one of {', '.join(KINDS)} "
+                        "(e.g. folder:./pets, vtab:./vtab-1k/cifar, cifar100:./data, fashionmnist:./data, "
+                        "torchvision:DTD:./data)")
+    return DataSpec(kind, Path(path).expanduser(), spec, name)
+
+
+def augment_mode(spec: DataSpec, augment: str = "auto") -> str:
+    """The transform family: 'vtab' (resize only) or 'full' (random-resized crop and flip)."""
+    if augment not in AUGMENTS:
+        raise DataError(f"augment={augment!r}: expected one of {', '.join(AUGMENTS)}")
+    return spec.augment if augment == "auto" else ("vtab" if augment == "none" else "full")
+
+
+@dataclass
+class ImageData:
+    train: Dataset
+    eval: Dataset
+    num_classes: int
+    classes: list[str]
+    eval_split: str          # which split evaluation reads ("val", "test")
+
+
+def rgb_loader(path: str | Path) -> Image.Image:
+    """Open an image as RGB (grayscale, palette and RGBA images are converted)."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        img.load()
+    return img.convert("RGB")
+
+
+def read_user_image(path: str | Path) -> Image.Image:
+    """An image the user named on the command line, as RGB; missing or unreadable: one line."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        return rgb_loader(path)
+    except IMAGE_ERRORS as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+class ListDataset(Dataset):
+    """(path, label) samples read with ``rgb_loader``."""
+
+    def __init__(self, samples: list[tuple[Path, int]], transform: Optional[Callable] = None) -> None:
+        self.samples = samples
+        self.targets = [label for _, label in samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        path, label = self.samples[i]
+        img = rgb_loader(path)
+        return (self.transform(img) if self.transform else img), label
+
+
+class SafeDataset(Dataset):
+    """Returns None for a sample that cannot be read (counted by ``collate_skipping``), or raises
+    a DataError naming its file when ``strict``."""
+
+    def __init__(self, base: Dataset, strict: bool = False) -> None:
+        self.base, self.strict = base, strict
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def sample_name(self, i: int) -> str:
+        samples = getattr(self.base, "samples", None) or getattr(self.base, "_image_files", None)
+        if samples is not None:
+            s = samples[i]
+            return str(s[0] if isinstance(s, tuple) else s)
+        return f"sample {i}"
+
+    def __getitem__(self, i: int):
+        try:
+            return self.base[i]
+        except IMAGE_ERRORS as e:
+            if self.strict:
+                raise DataError(f"cannot read {self.sample_name(i)}: {e}") from None
+            return None
+
+
+class SeededDataset(Dataset):
+    """Indexed by (index, seed): every random transform of a sample is drawn from its own seed,
+    so a sample looks the same whatever worker loads it and however a run was interrupted."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            torch.manual_seed(seed)
+            try:
+                return self.base[index]
+            finally:
+                random.setstate(py_state)
+
+
+def collate_skipping(batch: list[Any]):
+    """Default collation of the readable samples; returns (images, labels, number skipped)."""
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return None, None, skipped
+    images, labels = torch.utils.data.default_collate(good)
+    return images, labels, skipped
+
+
+# --- transforms -----------------------------------------------------------------------------
+
+def make_transforms(model: torch.nn.Module, augment: str) -> tuple[Callable, Callable]:
+    """(train, eval) transforms from the backbone's pretrained config (mean/std, interpolation).
+
+    'vtab': direct resize to the input size, no augmentation, for both (the VTAB-1K protocol).
+    'full': random-resized crop and flip for training, resize + centre crop for evaluation.
+    """
+    from timm.data import create_transform  # the field's transforms, for any host's preprocessing
+
+    from ..hosts import host_for
+
+    cfg = host_for(model).data_config(model)
+    common = dict(input_size=cfg["input_size"], interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"])
+    if augment == "vtab":
+        t = create_transform(**common, is_training=False, crop_pct=1.0, crop_mode="squash")
+        return t, t
+    train = create_transform(**common, is_training=True, hflip=0.5, color_jitter=None)
+    evaluation = create_transform(**common, is_training=False, crop_pct=cfg["crop_pct"],
+                                  crop_mode=cfg["crop_mode"])
+    return train, evaluation
+
+
+# --- the dataset kinds --------------------------------------------------------------------------
+
+def _folder(spec: DataSpec, train_tf, eval_tf) -> ImageData:
+    from torchvision.datasets import ImageFolder
+
+    root = spec.path
+    if not (root / "train").is_dir():
+        raise DataError(f"{root}/train not found: folder:PATH expects PATH/train/<class>/<image> "
+                        "and PATH/val/ (or PATH/test/)")
+    eval_split = next((s for s in ("val", "test") if (root / s).is_dir()), None)
+    if eval_split is None:
+        raise DataError(f"neither {root}/val nor {root}/test exists; one of them holds the evaluation images")
+    try:
+        train = ImageFolder(str(root / "train"), loader=rgb_loader)
+        ev = ImageFolder(str(root / eval_split), loader=rgb_loader)
+    except FileNotFoundError as e:
+        raise DataError(f"{root}: {e}") from None
+    if train.classes != ev.classes:
+        only_train = sorted(set(train.classes) - set(ev.classes))
+        only_eval = sorted(set(ev.classes) - set(train.classes))
+        raise DataError(f"{root}: train/ and {eval_split}/ have different classes "
+                        f"(only in train: {only_train[:5]}, only in {eval_split}: {only_eval[:5]})")
+    train.transform, ev.transform = train_tf, eval_tf
+    return ImageData(train, ev, len(train.classes), list(train.classes), eval_split)
+
+
+def read_vtab_list(task_dir: Path, name: str) -> list[tuple[Path, int]]:
+    """Samples of a VTAB-1K list file: lines 'images/<split>/<file> <label>'."""
+    path = task_dir / name
+    if not path.is_file():
+        raise DataError(f"{path} not found: vtab:ROOT/TASK expects TASK/train800val200.txt and TASK/test.txt")
+    samples, missing = [], []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DataError(f"{path}:{n}: expected '<image path> <integer label>', got {line!r}")
+        label = int(parts[1])
+        if label < 0:
+            raise DataError(f"{path}:{n}: label {label} is negative")
+        image = task_dir / parts[0]
+        if not image.is_file():
+            missing.append(parts[0])
+        samples.append((image, label))
+    if missing:
+        raise DataError(f"{path} names {len(missing)} missing image(s) under {task_dir}, e.g. {missing[:3]}")
+    if not samples:
+        raise DataError(f"{path} lists no images")
+    return samples
+
+
+def _vtab(spec: DataSpec, train_tf, eval_tf) -> ImageData:
+    if not spec.path.is_dir():
+        raise DataError(f"VTAB task folder {spec.path} not found")
+    train = read_vtab_list(spec.path, "train800val200.txt")
+    test = read_vtab_list(spec.path, "test.txt")
+    num_classes = 1 + max(label for _, label in train + test)
+    return ImageData(ListDataset(train, train_tf), ListDataset(test, eval_tf), num_classes,
+                     [str(i) for i in range(num_classes)], "test")
+
+
+def _torchvision(spec: DataSpec, train_tf, eval_tf, download: bool) -> ImageData:
+    import torchvision.datasets as tvd
+
+    root = str(spec.path)
+    try:
+        if spec.kind == "cifar100":
+            train = tvd.CIFAR100(root, train=True, transform=train_tf, download=download)
+            ev = tvd.CIFAR100(root, train=False, transform=eval_tf, download=download)
+            classes = list(train.classes)
+        elif spec.kind == "svhn":
+            train = tvd.SVHN(root, split="train", transform=train_tf, download=download)
+            ev = tvd.SVHN(root, split="test", transform=eval_tf, download=download)
+            classes = [str(i) for i in range(10)]
+        else:
+            train = tvd.Food101(root, split="train", transform=train_tf, download=download)
+            ev = tvd.Food101(root, split="test", transform=eval_tf, download=download)
+            classes = list(train.classes)
+    except RuntimeError as e:
+        hint = "" if download else " (add --download to fetch it where a network exists)"
+        raise DataError(f"{spec.kind} under {root}: {e}{hint}") from None
+    except ImportError as e:
+        raise DataError(f"{spec.kind} needs an extra package: {e} (pip install scipy)") from None
+    return ImageData(train, ev, len(classes), classes, "test")
+
+
+def _torchvision_kinds(spec: DataSpec, train_tf, eval_tf, download: bool) -> ImageData:
+    from . import torchvision_sets as tvdata
+
+    hint = "" if download else " (add --download to fetch it where a network exists)"
+    try:
+        if spec.kind == "torchvision":
+            train, ev, classes, split = tvdata.by_name(spec.name, spec.path, train_tf, eval_tf, download)
+        else:
+            (train, ev, classes), split = tvdata.mnist_like(spec.kind, spec.path, train_tf, eval_tf, download), "test"
+    except RuntimeError as e:
+        raise DataError(f"{spec.raw}: {e}{hint}") from None
+    except (ImportError, TypeError) as e:
+        raise DataError(f"{spec.raw}: {e}") from None
+    return ImageData(train, ev, len(classes), classes, split)
+
+
+def load_image_data(spec: str | DataSpec, model: torch.nn.Module, download: bool = False,
+                    strict: bool = False, augment: str = "auto", train_samples: int = 0,
+                    eval_samples: int = 0, seed: int = 0) -> ImageData:
+    """Train and evaluation datasets for a spec, with the model's transforms, unreadable-image safe.
+
+    train_samples / eval_samples > 0 take a class-balanced subset of that many images, drawn
+    with `seed` (the same for every method at a given seed).
+    """
+    spec = parse_data_spec(spec) if isinstance(spec, str) else spec
+    train_tf, eval_tf = make_transforms(model, augment_mode(spec, augment))
+    if spec.kind == "folder":
+        data = _folder(spec, train_tf, eval_tf)
+    elif spec.kind == "vtab":
+        data = _vtab(spec, train_tf, eval_tf)
+    elif spec.kind in ("mnist", "fashionmnist", "torchvision"):
+        data = _torchvision_kinds(spec, train_tf, eval_tf, download)
+    else:
+        data = _torchvision(spec, train_tf, eval_tf, download)
+    if train_samples or eval_samples:
+        from .torchvision_sets import balanced_subset, labels_of
+
+        for split, n, stream in (("train", train_samples, 0), ("eval", eval_samples, 1)):
+            if n:
+                base = getattr(data, split)
+                # A separate stream per split, so the eval subset does not move with train_samples.
+                indices = balanced_subset(labels_of(base), n, seed * 2 + stream)
+                setattr(data, split, torch.utils.data.Subset(base, indices))
+    data.train, data.eval = SafeDataset(data.train, strict), SafeDataset(data.eval, strict)
+    return data

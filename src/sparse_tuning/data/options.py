@@ -1,0 +1,40 @@
+"""The data options of a run and the names they take (torch-free: the command line lists them cheaply)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+IMAGE_KINDS = ("folder", "vtab", "cifar100", "svhn", "food101", "mnist", "fashionmnist", "torchvision")
+VIDEO_KINDS = ("kinetics", "ssv2", "frames", "videolist")
+AUGMENTS = ("auto", "none", "crop-flip")
+
+
+@dataclass
+class VideoConfig:
+    frames: int = 0                 # frames per clip; 0 for image data
+    video_tokens: Literal["joint", "frames"] = "joint"  # joint: spatio-temporal tokens; frames: each frame alone
+    tubelet: int = 2                # frames per token in the joint layout
+    sampling_rate: int = 4          # dense sampling (Kinetics): every n-th frame
+    test_clips: int = 0             # temporal test views; 0: the dataset's default (K400 5, SSv2 2)
+    test_crops: int = 0             # spatial test views; 0: the dataset's default (3)
+    flip: Literal["auto", "on", "off"] = "auto"  # training flip: auto (off for SSv2), on, off
+
+    def __post_init__(self) -> None:
+        if self.video_tokens not in ("joint", "frames"):
+            raise ValueError(f"video_tokens={self.video_tokens!r}: expected joint or frames")
+        if self.flip not in ("auto", "on", "off"):
+            raise ValueError(f"flip={self.flip!r}: expected auto, on or off")
+        if self.frames < 0 or self.tubelet < 1 or self.sampling_rate < 1:
+            raise ValueError("frames must be >= 0, tubelet and sampling_rate >= 1")
+        if self.test_clips < 0 or self.test_crops < 0:
+            raise ValueError("test_clips and test_crops must be >= 0 (0: the dataset's default)")
+
+    def plan(self, kind: str, size: int):
+        """The clip sampling for a dataset kind and input size, the field's defaults filled in:
+        K400 dense sampling, 5 x 3 test views; SSv2 segments, 2 x 3 views, no flip."""
+        from .video import ClipPlan
+
+        ssv2 = kind == "ssv2"
+        return ClipPlan(frames=self.frames, sampling="segment" if ssv2 else "dense", rate=self.sampling_rate,
+                        test_clips=self.test_clips or (2 if ssv2 else 5), test_crops=self.test_crops or 3,
+                        flip=(not ssv2) if self.flip == "auto" else self.flip == "on", size=size)

@@ -1,0 +1,157 @@
+"""What a host is: the one place that reads a host library's model (timm's ViT today).
+
+Everything above the hosts (methods, data, training, tools, CLI) asks the model's host, found
+with ``hosts.host_for(model)`` or ``hosts.host_named(name)``, instead of reading attributes such
+as ``patch_embed`` or ``cls_token`` itself; adding a host is one module implementing ``Host``
+and one line in ``hosts/__init__.py``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..core.config import SparseTuningConfig
+from ..core.state import SparseTuningState
+
+
+class Host:
+    """The questions the rest of the package asks about a model, and the changes it asks for."""
+
+    name: str = ""
+
+    # --- which models ----------------------------------------------------------------------
+    def owns(self, model: nn.Module) -> bool:
+        """Whether ``model`` is one of this host's models (patched or not)."""
+        raise NotImplementedError
+
+    def check_supported(self, model: nn.Module) -> None:
+        """Raise ValueError naming why the model cannot take Sparse-Tuning."""
+        raise NotImplementedError
+
+    # --- building ----------------------------------------------------------------------------
+    def check_name(self, name: str) -> None:
+        """Raise ValueError (with close names) if the host has no model of that name."""
+        raise NotImplementedError
+
+    def create(self, name: str, pretrained: bool = False, img_size: Optional[int] = None,
+               num_classes: Optional[int] = None, device: str | torch.device = "cpu") -> nn.Module:
+        """A model by name; ``device="meta"`` builds the architecture with no memory and no time."""
+        raise NotImplementedError
+
+    def load_weights(self, model: nn.Module, path: str) -> None:
+        """A local checkpoint into the backbone; a classifier of another shape is left out."""
+        raise NotImplementedError
+
+    # --- facts ---------------------------------------------------------------------------------
+    def blocks(self, model: nn.Module) -> nn.Sequential:
+        raise NotImplementedError
+
+    def width(self, model: nn.Module) -> int:
+        raise NotImplementedError
+
+    def num_heads(self, model: nn.Module) -> int:
+        raise NotImplementedError
+
+    def num_prefix_tokens(self, model: nn.Module) -> int:
+        """Class (and register / distillation) tokens before the patch tokens; never sparsified."""
+        raise NotImplementedError
+
+    def patch_size(self, model: nn.Module) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def input_size(self, model: nn.Module) -> tuple[int, int, int]:
+        """(channels, height, width) the model is built for."""
+        raise NotImplementedError
+
+    def check_input_size(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
+        """Raise ValueError if the model cannot take images of (C, H, W)."""
+        raise NotImplementedError
+
+    def classifier(self, model: nn.Module) -> list[nn.Module]:
+        """The classification head(s)."""
+        raise NotImplementedError
+
+    def data_config(self, model: nn.Module) -> dict[str, Any]:
+        """Preprocessing of the weights: input_size, mean, std, interpolation, crop_pct, crop_mode."""
+        raise NotImplementedError
+
+    def signature(self, model: nn.Module) -> dict[str, Any]:
+        """What an adapter file must agree with (class, embed_dim, depth, num_heads,
+        num_prefix_tokens, num_classes)."""
+        return {"class": original_class(model).__name__, "embed_dim": self.width(model),
+                "depth": len(self.blocks(model)), "num_heads": self.num_heads(model),
+                "num_prefix_tokens": self.num_prefix_tokens(model),
+                "num_classes": int(self.classifier_classes(model))}
+
+    def classifier_classes(self, model: nn.Module) -> int:
+        raise NotImplementedError
+
+    def features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The final tokens (B, N, C) before pooling and head."""
+        raise NotImplementedError
+
+    def head(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """Logits from ``features``: pooling, then the classifier."""
+        raise NotImplementedError
+
+    # --- changes ----------------------------------------------------------------------------
+    def patch(self, model: nn.Module, config: SparseTuningConfig) -> SparseTuningState:
+        """Sparse-Tuning in place: blocks that sparsify after their attention (whose class-token
+        scores they compute alongside it) and a Dense Adapter beside each FFN; returns the state."""
+        raise NotImplementedError
+
+    def add_ffn_adapters(self, model: nn.Module, bottleneck: int) -> list[nn.Module]:
+        """A sequential bottleneck adapter on each FFN's output (Houlsby); returns them."""
+        raise NotImplementedError
+
+    def add_deep_prompts(self, model: nn.Module, num_prompts: int) -> nn.Parameter:
+        """VPT-deep prompt tokens before every block; returns the (depth, n, C) parameter."""
+        raise NotImplementedError
+
+    def lora_targets(self, model: nn.Module) -> list[str]:
+        """Module names LoRA adapts (the attention input projections)."""
+        raise NotImplementedError
+
+    def video_model(self, model: nn.Module, frames: int, layout: str, tubelet: int) -> nn.Module:
+        """The image model wrapped for (B, C, T, H, W) clips."""
+        raise NotImplementedError
+
+
+_model_classes: dict[type, type] = {}
+
+
+class _SparseTuningModel:
+    """Mixed into the model's own class (ToMe's way: the model changes class, its state-dict keys
+    stay). set_grad_checkpointing reaches our blocks container: timm's checkpoint_seq would call
+    the blocks one by one and lose the adapter outputs passed between them, so the flag is kept
+    on ``model.sparse_tuning`` and honoured per block there."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.sparse_tuning.grad_checkpointing = enable
+
+    def __reduce_ex__(self, protocol):
+        # The class is made at runtime, so pickle cannot find it by name: pickle the original
+        # (importable) class instead and rebuild the subclass on loading (torch.save(model)).
+        return _rebuild, (original_class(self),), self.__getstate__()
+
+
+def original_class(model: nn.Module) -> type:
+    """The model's class before Sparse-Tuning patched it (its own class if unpatched)."""
+    cls = type(model)
+    if issubclass(cls, _SparseTuningModel):
+        return next(c for c in cls.__mro__[1:] if c is not _SparseTuningModel)
+    return cls
+
+
+def _rebuild(base: type):
+    cls = sparse_tuning_class(base)
+    return cls.__new__(cls)
+
+
+def sparse_tuning_class(cls: type) -> type:
+    """The subclass of the model's class with ``_SparseTuningModel`` mixed in (one per class)."""
+    if cls not in _model_classes:
+        _model_classes[cls] = type(f"SparseTuning{cls.__name__}", (_SparseTuningModel, cls), {})
+    return _model_classes[cls]

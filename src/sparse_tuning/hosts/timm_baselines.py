@@ -1,0 +1,80 @@
+"""The comparison methods' model changes, each a small patch of timm's ViT.
+
+AdaptFormer needs no code here: it is a Dense Adapter with one input and no sparsification
+(methods/adaptformer.py). LoRA is Hugging Face peft's (methods/lora.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from .timm_vit import check_supported
+
+
+class BottleneckAdapter(nn.Module):
+    """down -> ReLU -> up, the up-projection zero-initialised (a fresh adapter adds nothing)."""
+
+    def __init__(self, dim: int, bottleneck: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck, device=device, dtype=dtype)
+        self.up = nn.Linear(bottleneck, dim, device=device, dtype=dtype)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(F.relu(self.down(x)))
+
+
+class SequentialAdapterBlock(Block):
+    """Houlsby-style: an adapter after the FFN, on its output, inside the residual branch."""
+
+    adapter: BottleneckAdapter
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+        h = self.ls2(self.mlp(self.norm2(x)))
+        return x + self.drop_path2(h + self.adapter(h))
+
+
+def add_sequential_adapters(model: VisionTransformer, bottleneck: int) -> None:
+    check_supported(model)
+    ref = next(model.parameters())
+    for blk in model.blocks:
+        blk.__class__ = SequentialAdapterBlock
+        blk.adapter = BottleneckAdapter(model.embed_dim, bottleneck, device=ref.device, dtype=ref.dtype)
+
+
+class PromptedBlocks(nn.Sequential):
+    """VPT-deep: before each block, the prompt positions (after the prefix tokens) hold that
+    block's own learnable prompts; they are removed after the last block, so pooling and head
+    see the usual sequence."""
+
+    prompts: nn.Parameter  # (depth, num_prompts, C)
+    num_prefix: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        P, n = self.num_prefix, self.prompts.shape[1]
+        x = torch.cat([x[:, :P], self.prompts[0].expand(B, -1, -1), x[:, P:]], dim=1)
+        for i, blk in enumerate(self):
+            if i:
+                x = torch.cat([x[:, :P], self.prompts[i].expand(B, -1, -1), x[:, P + n:]], dim=1)
+            x = blk(x)
+        return torch.cat([x[:, :P], x[:, P + n:]], dim=1)
+
+
+def add_deep_prompts(model: VisionTransformer, num_prompts: int) -> None:
+    check_supported(model)
+    if num_prompts < 1:
+        raise ValueError(f"prompts={num_prompts}: expected at least 1 prompt token")
+    ref = next(model.parameters())
+    blocks = model.blocks
+    blocks.__class__ = PromptedBlocks
+    blocks.num_prefix = model.num_prefix_tokens
+    # VPT's initialisation: uniform in +-sqrt(6 / (fan_in + fan_out)) of a patch projection.
+    patch_dim = model.patch_embed.proj.weight[0].numel()
+    bound = (6.0 / (patch_dim + model.embed_dim)) ** 0.5
+    blocks.prompts = nn.Parameter(torch.empty(len(blocks), num_prompts, model.embed_dim, device=ref.device,
+                                              dtype=ref.dtype).uniform_(-bound, bound))

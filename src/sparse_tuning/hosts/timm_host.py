@@ -1,0 +1,162 @@
+"""The timm host: timm's VisionTransformer (ViT, DeiT, DINOv2, augreg, CLIP-style variants
+built on timm's Block) and everything the package needs to know about it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+from ..core.config import SparseTuningConfig
+from ..core.state import SparseTuningState
+from . import timm_models  # noqa: F401  (registers the small ViTs with timm)
+from .base import Host
+from .timm_vit import check_supported, patch_vit
+
+
+class TimmHost(Host):
+    name = "timm"
+
+    def owns(self, model: nn.Module) -> bool:
+        return isinstance(model, VisionTransformer)
+
+    def check_supported(self, model: nn.Module) -> None:
+        check_supported(model)
+
+    def check_name(self, name: str) -> None:
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name}*")[:5]
+            hint = f"; similar: {', '.join(close)}" if close else "; `timm.list_models('vit_*')` lists them"
+            raise ValueError(f"unknown timm model {name!r}{hint}")
+
+    def create(self, name: str, pretrained: bool = False, img_size: Optional[int] = None,
+               num_classes: Optional[int] = None, device: str | torch.device = "cpu") -> nn.Module:
+        self.check_name(name)
+        kwargs: dict[str, Any] = {}
+        if img_size:
+            kwargs["img_size"] = img_size  # timm resamples the position embedding
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
+        try:
+            with torch.device(device):
+                return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except (OSError, RuntimeError) as e:
+            if not pretrained:
+                raise
+            raise ValueError(f"cannot load pre-trained weights for {name} ({e.__class__.__name__}: {e}); "
+                             "offline, pass --weights FILE (a .safetensors/.pth/.bin/.npz checkpoint)") from None
+
+    def load_weights(self, model: nn.Module, path: str | Path) -> None:
+        """.npz (Google's ViT format) or a state dict (.safetensors, .pth, .bin), through timm's
+        own loaders. The classifier is kept from the file only when its shape fits; any other
+        missing or mismatched key is an error."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        if path.suffix == ".npz":
+            model.load_pretrained(str(path))
+            return
+        from timm.models import load_state_dict
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(load_state_dict(str(path)), model)
+        own = model.state_dict()
+        heads = {k for k in state if k.startswith(("head.", "head_dist.")) and k in own
+                 and state[k].shape != own[k].shape}
+        for k in heads:
+            del state[k]
+        wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+                 if k in own and state[k].shape != own[k].shape]
+        if wrong:
+            raise ValueError(f"{path} does not fit this model: {len(wrong)} weights of other shapes, e.g. {wrong[:3]}")
+        result = model.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(("head.", "head_dist.")) and ".adapter." not in k]
+        if missing or result.unexpected_keys:
+            raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, "
+                             f"unexpected {result.unexpected_keys[:5]}")
+
+    def blocks(self, model: nn.Module) -> nn.Sequential:
+        return model.blocks
+
+    def width(self, model: nn.Module) -> int:
+        return int(model.embed_dim)
+
+    def num_heads(self, model: nn.Module) -> int:
+        return int(model.blocks[0].attn.num_heads)
+
+    def num_prefix_tokens(self, model: nn.Module) -> int:
+        return int(model.num_prefix_tokens)
+
+    def patch_size(self, model: nn.Module) -> tuple[int, int]:
+        return tuple(model.patch_embed.patch_size)
+
+    def input_size(self, model: nn.Module) -> tuple[int, int, int]:
+        return (model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
+
+    def check_input_size(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
+        if len(input_size) != 3:
+            raise ValueError(f"input_size={input_size!r}: expected (channels, height, width)")
+        embed = model.patch_embed
+        C, H, W = input_size
+        ph, pw = embed.patch_size
+        if H % ph or W % pw:
+            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {ph}x{pw}")
+        in_chans = embed.proj.in_channels
+        if C != in_chans:
+            raise ValueError(f"input has {C} channels; the model takes {in_chans}")
+        dynamic = getattr(embed, "dynamic_img_size", False) or not getattr(embed, "strict_img_size", True)
+        if not dynamic and (H, W) != tuple(embed.img_size):
+            raise ValueError(
+                f"image size {H}x{W} differs from the model's {embed.img_size[0]}x{embed.img_size[1]}; "
+                "create the model with img_size=... (timm resamples the position embedding) "
+                "or dynamic_img_size=True")
+
+    def classifier(self, model: nn.Module) -> list[nn.Module]:
+        heads = model.get_classifier()  # DeiT's distilled models have two
+        return list(heads) if isinstance(heads, (tuple, list)) else [heads]
+
+    def classifier_classes(self, model: nn.Module) -> int:
+        return int(model.num_classes)
+
+    def data_config(self, model: nn.Module) -> dict[str, Any]:
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config({}, model=model)
+        # The pretrained config names the size the weights were trained at (518 for DINOv2); the
+        # model may have been built for another (--img-size): its patch embedding knows which.
+        cfg["input_size"] = self.input_size(model)
+        cfg.setdefault("crop_mode", "center")
+        return cfg
+
+    def features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model.forward_features(x)
+
+    def head(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(features)
+
+    def patch(self, model: nn.Module, config: SparseTuningConfig) -> SparseTuningState:
+        return patch_vit(model, config)
+
+    def add_ffn_adapters(self, model: nn.Module, bottleneck: int) -> list[nn.Module]:
+        from .timm_baselines import add_sequential_adapters
+
+        add_sequential_adapters(model, bottleneck)
+        return [blk.adapter for blk in model.blocks]
+
+    def add_deep_prompts(self, model: nn.Module, num_prompts: int) -> nn.Parameter:
+        from .timm_baselines import add_deep_prompts
+
+        add_deep_prompts(model, num_prompts)
+        return model.blocks.prompts
+
+    def lora_targets(self, model: nn.Module) -> list[str]:
+        check_supported(model)
+        return ["qkv"]
+
+    def video_model(self, model: nn.Module, frames: int, layout: str, tubelet: int) -> nn.Module:
+        from .timm_video import VideoViT
+
+        return VideoViT(model, frames, layout, tubelet)

@@ -1,0 +1,179 @@
+"""Sparse-Tuning inside timm's VisionTransformer: the blocks and the patch, in place.
+
+As ToMe does, blocks change class (``Block`` -> ``SparseTuningBlock``) and keep every timm
+submodule and state-dict key; each block gains one new submodule, ``adapter``. The
+``model.blocks`` container changes class too, so one forward call owns the per-forward state
+(earlier adapter outputs, the sparsification steps taken) instead of hiding it in the modules.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from ..core.adapter import AdapterInput, DenseAdapter, FactoredOutput
+from ..core.config import SparseTuningConfig
+from ..core.sparsify import SparsifyStep, apply_step, class_attention_scores, sparsify
+from ..core.state import SparseTuningState
+from .base import sparse_tuning_class
+
+
+def attention_with_class_scores(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm ``Attention.forward`` that also returns the class token's head-averaged attention (B, N).
+
+    Fused path: scaled_dot_product_attention for the output and the class row alone for the
+    scores. Eager path: timm's explicit softmax, whose class row is the scores.
+    """
+    B, N, C = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if attn.fused_attn:
+        scores = class_attention_scores(q, k, attn.scale)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    else:
+        weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        scores = weights[:, :, 0].mean(dim=1).float()
+        out = attn.attn_drop(weights) @ v
+    out = attn.norm(out.transpose(1, 2).reshape(B, N, attn.num_heads * attn.head_dim))
+    if gate is not None:
+        out = out * gate
+    return attn.proj_drop(attn.proj(out)), scores
+
+
+class SparseTuningBlock(Block):
+    """A timm Block that may sparsify after its attention and adds a Dense Adapter beside its FFN."""
+
+    st_index: int
+    st_sparsify: bool
+    st_dense_inputs: tuple[int, ...]   # the distances d (n >= d) whose adapters feed this one
+    st: SparseTuningState
+    adapter: Optional[DenseAdapter]
+
+    def forward(self, x: torch.Tensor, history: Optional[tuple[AdapterInput, ...]] = None, **kwargs):
+        """x (B, N, C); history: the outputs of the latest earlier adapters, oldest first
+        (factored when ``st.factored_history``).
+
+        Returns (x, history, step) for the next block.
+        """
+        if history is None or kwargs:
+            raise RuntimeError(
+                "Sparse-Tuning blocks run only through model.blocks (a model forward), which passes "
+                "the adapter outputs between them; attention masks and forward_intermediates are "
+                "not supported")
+        st = self.st
+        B, N, C = x.shape
+        h = self.norm1(x)
+        step = None
+        if self.st_sparsify:
+            attn_out, scores = attention_with_class_scores(self.attn, h)
+            x = x + self.drop_path1(self.ls1(attn_out))
+            x, step = sparsify(x, scores, st.config.keep_rate, st.num_prefix, st.config.merge)
+            if step is not None:
+                # Earlier adapter outputs follow the tokens: same kept indices, same merge weights.
+                history = tuple(_follow(a, step, st.num_prefix) for a in history)
+        else:
+            x = x + self.drop_path1(self.ls1(self.attn(h)))
+        out = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        if self.adapter is not None:
+            inputs = [x] + [history[-d] for d in self.st_dense_inputs]
+            if st.factored_history:
+                a = self.adapter.forward_factored(inputs)
+                out = a.add_to_(out, st.config.scale)  # out is the fresh sum above
+            else:
+                a = self.adapter(inputs)
+                out = torch.add(out, a, alpha=st.config.scale)  # one pass, no scaled temporary
+            # Keep only the outputs a later adapter will read (the latest max(dense_inputs)).
+            keep = max(st.config.dense_inputs, default=0)
+            history = (history + (a,))[-keep:] if keep else ()
+        return out, history, step
+
+
+def _follow(a: AdapterInput, step: SparsifyStep, num_prefix: int) -> AdapterInput:
+    """An earlier adapter output (tensor or factored) after the tokens' sparsification step."""
+    if isinstance(a, FactoredOutput):
+        return a._replace(coeffs=apply_step(a.coeffs, step, num_prefix))
+    return apply_step(a, step, num_prefix)
+
+
+class SparseTuningBlocks(nn.Sequential):
+    """``model.blocks``: runs the blocks in order, passing adapter outputs from block to block."""
+
+    st: SparseTuningState
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        st = self.st
+        history: tuple[AdapterInput, ...] = ()
+        steps: list[Optional[SparsifyStep]] = []
+        tokens: list[tuple[int, int]] = []
+        for blk in self:
+            n_in = x.shape[1]
+            if st.grad_checkpointing and torch.is_grad_enabled():
+                x, history, step = torch.utils.checkpoint.checkpoint(blk, x, history, use_reentrant=False)
+            else:
+                x, history, step = blk(x, history)
+            tokens.append((n_in, x.shape[1]))
+            if blk.st_sparsify:  # kept for kept_tokens(): indices only, no autograd graph held
+                steps.append(None if step is None else step.detached())
+        st.last_steps, st.last_tokens = steps, tokens
+        st.last_num_patches, st.last_batch_size = N - st.num_prefix, B
+        st.last_steps_device = x.device
+        return x
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise ValueError naming why a model cannot take Sparse-Tuning."""
+    if isinstance(getattr(model, "sparse_tuning", None), SparseTuningState):
+        raise ValueError("Sparse-Tuning is already applied to this model; apply it once, to a fresh model")
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(
+            f"{type(model).__name__} is not a timm VisionTransformer; Sparse-Tuning needs a plain ViT "
+            "(timm.models.vision_transformer.VisionTransformer or a subclass such as DeiT's)")
+    if getattr(model, "cls_token", None) is None:
+        raise ValueError("this ViT has no class token; token sparsification ranks tokens by the "
+                         "class token's attention, so a class token is required")
+    if getattr(model, "attn_pool", None) is not None:
+        raise ValueError("this ViT pools with an attention-pool head (global_pool='map'); Sparse-Tuning "
+                         "needs the class-token head ('token') or average pooling")
+    if not isinstance(model.patch_drop, nn.Identity):
+        raise ValueError("patch dropout (patch_drop_rate > 0) is not supported with token sparsification")
+    for i, blk in enumerate(model.blocks):
+        if type(blk) is not Block or type(blk.attn) is not Attention:
+            raise ValueError(
+                f"block {i} is {type(blk).__name__} with {type(getattr(blk, 'attn', None)).__name__}; "
+                "Sparse-Tuning supports timm's pre-norm Block with its standard Attention")
+
+
+def patch_vit(model: VisionTransformer, config: SparseTuningConfig) -> SparseTuningState:
+    """Patch ``model`` in place and return its state object; the model must be supported."""
+    check_supported(model)
+    config = dataclasses.replace(config)  # the model's own copy: its keep rate changes alone
+    depth = len(model.blocks)
+    sparsify_at = config.resolve_sparsify_at(depth)
+    state = SparseTuningState(config, sparsify_at, model.num_prefix_tokens, model.blocks,
+                              [blk.attn for blk in model.blocks])
+    ref = next(model.parameters())
+    for i, blk in enumerate(model.blocks):
+        blk.__class__ = SparseTuningBlock
+        blk.st = state
+        blk.st_index = i
+        blk.st_sparsify = i in sparsify_at
+        blk.st_dense_inputs = tuple(d for d in config.dense_inputs if i >= d) if config.adapters else ()
+        blk.adapter = DenseAdapter(
+            model.embed_dim, config.bottleneck, 1 + len(blk.st_dense_inputs), config.fusion,
+            device=ref.device, dtype=ref.dtype) if config.adapters else None
+    model.blocks.__class__ = SparseTuningBlocks
+    model.blocks.st = state
+    if model.grad_checkpointing:
+        state.grad_checkpointing, model.grad_checkpointing = True, False
+    model.__class__ = sparse_tuning_class(type(model))
+    model.sparse_tuning = state
+    return state

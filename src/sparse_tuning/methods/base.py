@@ -1,0 +1,87 @@
+"""What a method is: how a model is prepared for fine-tuning, and so which of its parameters train.
+
+A method is one module in this folder that calls ``register(Method(...))``; the registry imports
+every module here, so adding a method is adding one file. The training loop knows nothing of
+methods: it trains what has ``requires_grad`` and calls the method's hooks.
+
+Method modules import no torch when they load (only inside their functions): the command line
+lists the methods and their options, and refuses a wrong one, without loading torch. They reach
+the model only through its host (``hosts.host_for``), never through a host's attributes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from ..core.config import SparseTuningConfig
+
+
+class TrainHook:
+    """A method's say in the training loop (a schedule): called around steps and evaluations."""
+
+    def before_step(self, step: int) -> None:
+        """Before optimizer step ``step`` (0-based, global)."""
+
+    def before_eval(self) -> None:
+        """Before an evaluation: put the model as it will be used."""
+
+    def after_eval(self) -> None:
+        """After an evaluation: back to the training schedule."""
+
+    def metrics(self) -> dict[str, float]:
+        """Values the metrics log records at each logged step."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    help: str                               # one line: --help, error messages, the README table
+    # Changes the model in place and sets requires_grad on exactly what trains:
+    # prepare(model, sparse_tuning_config_or_None, options) where options is this method's dataclass.
+    prepare: Callable[..., None]
+    order: int                              # place in listings and the benchmark (cheapest first)
+    options: Optional[type] = None          # dataclass of the method's own options (flags, config keys)
+    # The SparseTuningConfig the method runs, from the user's keep rate and Sparse-Tuning fields;
+    # None: the method ignores those fields (and a keep rate is an error).
+    sparse_tuning_config: Optional[Callable[..., "SparseTuningConfig"]] = None
+    reduces_tokens: bool = False            # a keep rate applies: sweep, visualize, eval --keep-rate
+    saves_adapters: bool = False            # the run also writes the portable adapters.safetensors
+    trains_backbone: bool = False           # every backbone weight moves (recipes give it a lower lr)
+    for_inference: Optional[Callable[["nn.Module"], "nn.Module"]] = None  # before export (merge LoRA)
+    train_hook: Optional[Callable[..., TrainHook]] = None  # train_hook(model, train_config, steps_per_epoch)
+
+    def make_options(self, values: Optional[dict[str, Any]] = None) -> Any:
+        """This method's options from a dict of every method's options (others ignored)."""
+        if self.options is None:
+            return None
+        values = values or {}
+        return self.options(**{f.name: values[f.name] for f in dataclasses.fields(self.options) if f.name in values})
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def train_only(model: "nn.Module", modules: Iterable["nn.Module"]) -> None:
+    """Freeze the model, then unfreeze ``modules``: what trains is declared, not guessed."""
+    model.requires_grad_(False)
+    for m in modules:
+        m.requires_grad_(True)
+
+
+def check_positive(options: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}: expected an integer >= 1")

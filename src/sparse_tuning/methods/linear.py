@@ -1,0 +1,15 @@
+"""Linear probing: the frozen backbone's features, a trained classifier."""
+from __future__ import annotations
+
+from .base import Method, register, train_only
+
+
+def _prepare(model, config, options) -> None:
+    from ..hosts import host_for
+
+    host = host_for(model)
+    host.check_supported(model)
+    train_only(model, host.classifier(model))
+
+
+register(Method("linear", "linear probe: only the classifier trains", _prepare, order=10))

@@ -1,0 +1,313 @@
+"""The efficiency comparison: every method on the same model, data shapes and machine.
+
+Timing: all methods are built once and measured round by round, interleaved, so that drift of a
+shared machine hits them alike; each figure is the median over the timed rounds (warm-up rounds
+excluded). Memory: on CUDA, ``max_memory_allocated`` after a reset, one method on the GPU at a
+time; on CPU, the peak resident memory of a fresh process during the measured phase minus its
+resident memory just before it (Linux VmHWM, reset through /proc/self/clear_refs), one process
+per method and phase, so no method inherits another's allocator state.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from ..api import count_params
+from ..hosts import build_architecture, host_for
+from ..methods import get_method, method_names, prepare
+from ..training.devices import autocast
+from .flops import flop_report
+from .tables import markdown_table as table
+from .timing import interleaved_medians, synchronize, time_call
+
+REFERENCE = "sparse-tuning"  # the method every ratio column compares with
+EAGER = " (eager)"  # "METHOD (eager)": the same method with attention computed by hand in every block
+
+
+def bench_rows() -> tuple[str, ...]:
+    """What ``bench --methods all`` measures: every method, cheapest first, then the method with
+    eager attention (the cost of not using the fused kernel)."""
+    return method_names() + (REFERENCE + EAGER,)
+
+
+def split_row(row: str) -> tuple[str, bool]:
+    """('sparse-tuning', True) for 'sparse-tuning (eager)'; checks the method exists."""
+    eager = row.endswith(EAGER)
+    name = row[:-len(EAGER)] if eager else row
+    get_method(name)
+    return name, eager
+
+
+def eager_attention(model: nn.Module) -> None:
+    """Every attention module of the model on its explicit path (timm's ``fused_attn`` switch)."""
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+
+
+@dataclass
+class BenchSetup:
+    model: str
+    img_size: Optional[int] = None
+    batch_size: int = 16
+    device: str = "cpu"
+    amp: str = "off"
+    num_classes: int = 100
+    weights: Optional[str] = None  # a local backbone checkpoint; None: random values
+
+
+def build(setup: BenchSetup, method: str) -> nn.Module:
+    """Random weights of the real architecture (speed does not depend on the values), or the
+    backbone checkpoint of ``setup.weights`` (resampled to the input size)."""
+    model = build_architecture(setup.model, setup.img_size, setup.num_classes)  # meta: no init cost
+    model.to_empty(device=setup.device)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    if setup.weights:
+        host_for(model).load_weights(model, setup.weights)
+    name, eager = split_row(method)
+    prepare(model, name)
+    if eager:
+        eager_attention(model)
+    return model
+
+
+class Step:
+    """One training step (forward, backward, AdamW step) and one inference batch of a method."""
+
+    def __init__(self, model: nn.Module, setup: BenchSetup) -> None:
+        self.model, self.setup = model, setup
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=1e-4)
+        self.x = torch.randn(setup.batch_size, *host_for(model).input_size(model), device=setup.device)
+        self.y = torch.randint(0, setup.num_classes, (setup.batch_size,), device=setup.device)
+
+    def train_step(self) -> None:
+        self.model.train()
+        with autocast(self.setup.device, self.setup.amp):
+            loss = nn.functional.cross_entropy(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def infer_batch(self) -> None:
+        self.model.eval()
+        with autocast(self.setup.device, self.setup.amp):
+            self.model(self.x)
+
+    def train(self) -> float:
+        return time_call(self.train_step, self.setup.device)
+
+    def infer(self) -> float:
+        return time_call(self.infer_batch, self.setup.device)
+
+
+def time_methods(setup: BenchSetup, methods: list[str], rounds: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Median seconds of a training step and of an inference batch per method, rounds interleaved."""
+    steps = {m: Step(build(setup, m), setup) for m in methods}
+    calls = {(m, phase): getattr(steps[m], phase + ("_step" if phase == "train" else "_batch"))
+             for m in methods for phase in ("train", "infer")}
+    medians = interleaved_medians(calls, rounds, warmup, setup.device)
+    return {m: {phase: medians[(m, phase)] for phase in ("train", "infer")} for m in methods}
+
+
+def _rss_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory_here(setup: BenchSetup, method: str, phase: str, step: Optional[Step] = None) -> float:
+    """Peak bytes of one phase (two steps) of one method, in this process."""
+    step = step or Step(build(setup, method), setup)
+    run = step.train if phase == "train" else step.infer
+    if setup.device.startswith("cuda"):
+        synchronize(setup.device)
+        torch.cuda.reset_peak_memory_stats()
+        run(), run()
+        return float(torch.cuda.max_memory_allocated())
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    before = _rss_kib("VmRSS")
+    run(), run()
+    return float(_rss_kib("VmHWM") - before) * 1024
+
+
+def measure_phases_here(setup: BenchSetup, method: str, phases: tuple[str, ...]) -> list[float]:
+    step = Step(build(setup, method), setup)
+    return [measure_memory_here(setup, method, phase, step) for phase in phases]
+
+
+def measure_memory(setup: BenchSetup, method: str, phase: str) -> float:
+    """CUDA: in this process (the peak counter is exact). CPU: in a fresh process."""
+    return measure_phases(setup, method, (phase,))[0]
+
+
+def measure_phases(setup: BenchSetup, method: str, phases: tuple[str, ...]) -> list[float]:
+    """Peak bytes of each phase in turn, in one fresh process on CPU (in this one on CUDA)."""
+    if setup.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        return measure_phases_here(setup, method, phases)
+    code = ("import json,sys; from sparse_tuning.tools.bench import BenchSetup, measure_phases_here; "
+            "a = json.loads(sys.argv[1]); "
+            "print(json.dumps(measure_phases_here(BenchSetup(**a['setup']), a['method'], tuple(a['phases']))))")
+    arg = json.dumps({"setup": setup.__dict__, "method": method, "phases": list(phases)})
+    proc = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"memory measurement of {method} failed: {proc.stderr[-2000:]}")
+    return [float(v) for v in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+def run_bench(setup: BenchSetup, methods: list[str], rounds: int = 10, warmup: int = 2,
+              memory: bool = True, accuracy: Optional[dict[str, tuple[float, str]]] = None,
+              progress: Optional[Callable[[str], None]] = None) -> list[dict[str, Any]]:
+    """One row per method: parameters, GFLOPs, time, memory, and ratios to sparse-tuning's.
+
+    accuracy: method -> (top-1, the run it comes from); progress: called with a line per stage.
+    """
+    say = progress or (lambda line: None)
+    for m in methods:
+        split_row(m)  # every name checked before any work
+    say(f"timing {len(methods)} methods: {warmup} warm-up and {rounds} timed rounds, interleaved")
+    timings = time_methods(setup, methods, rounds, warmup)
+    rows = []
+    for i, m in enumerate(methods):
+        model = build_architecture(setup.model, setup.img_size, setup.num_classes)
+        prepare(model, split_row(m)[0])
+        size = host_for(model).input_size(model)
+        total, trainable = count_params(model)
+        row = {"method": m, "params_trainable": trainable, "params_total": total,
+               "gflops": flop_report(model, size).gflops,
+               "train_step_s": timings[m]["train"], "infer_batch_s": timings[m]["infer"],
+               "infer_images_per_s": setup.batch_size / timings[m]["infer"]}
+        if memory:
+            say(f"memory of {m} ({i + 1}/{len(methods)}): training, then inference, each in a fresh process"
+                if not setup.device.startswith("cuda") else f"memory of {m} ({i + 1}/{len(methods)})")
+            row["train_memory_mb"] = measure_memory(setup, m, "train") / 2 ** 20
+            row["infer_memory_mb"] = measure_memory(setup, m, "infer") / 2 ** 20
+        if accuracy and m in accuracy:
+            row["top1"], row["top1_run"] = accuracy[m]
+        rows.append(row)
+    ref = next((r for r in rows if r["method"] == REFERENCE), None)
+    if ref is not None:
+        for r in rows:
+            r["train_time_vs_st"] = r["train_step_s"] / ref["train_step_s"]
+            r["throughput_vs_st"] = r["infer_images_per_s"] / ref["infer_images_per_s"]
+            if memory:
+                r["train_memory_vs_st"] = r["train_memory_mb"] / max(ref["train_memory_mb"], 1e-9)
+    return rows
+
+
+COLUMNS = [  # (key, header, format)
+    ("method", "method", "{}"), ("params_trainable", "trainable params", "{:,}"), ("gflops", "GFLOPs", "{:.2f}"),
+    ("train_step_s", "train step (s)", "{:.3f}"), ("train_memory_mb", "train memory (MB)", "{:.0f}"),
+    ("infer_images_per_s", "inference (img/s)", "{:.1f}"), ("infer_memory_mb", "inference memory (MB)", "{:.0f}"),
+    ("train_time_vs_st", "train time / ST", "{:.2f}x"), ("throughput_vs_st", "throughput / ST", "{:.2f}x"),
+    ("train_memory_vs_st", "train memory / ST", "{:.2f}x"), ("top1", "top-1", "{:.2f}"),
+]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    cols = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    body = [[f.format(r[k]) if k in r else "" for k, _, f in cols] for r in rows]
+    text = table([h for _, h, _ in cols], body, right=[k != "method" for k, _, _ in cols])
+    sources = [f"- top-1 of {r['method']}: best test top-1 of the run `{r['top1_run']}`" for r in rows if "top1_run" in r]
+    return text + ("\n\n" + "\n".join(sources) if sources else "")
+
+
+def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
+    """Bar panels like the paper's efficiency figure: time, memory, GFLOPs, parameters (+ accuracy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("train_step_s", "training step (s)"), ("train_memory_mb", "training memory (MB)"),
+              ("infer_images_per_s", "inference (images/s)"), ("infer_memory_mb", "inference memory (MB)"),
+              ("gflops", "GFLOPs"), ("params_trainable", "trainable parameters (M, log)"), ("top1", "top-1 (%)")]
+    panels = [p for p in panels if any(p[0] in r for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    names = [r["method"] for r in rows]
+    colors = ["tab:red" if n == REFERENCE else "tab:gray" for n in names]
+    for ax, (key, label) in zip(axes, panels):
+        values = [r.get(key, 0) / (1e6 if key == "params_trainable" else 1) for r in rows]
+        ax.barh(names, values, color=colors)
+        if key == "params_trainable":  # full fine-tuning trains ~100x more than the rest
+            ax.set_xscale("log")
+        if key == "top1":
+            ax.set_xlim(0, 100)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel(label.split(" (")[1].rstrip(")") if " (" in label else label, fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.invert_yaxis()
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color="tab:red", label=REFERENCE), Patch(color="tab:gray", label="other methods")],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads ({platform.platform()})"
+
+
+def run_accuracies(run_dirs: list[str]) -> dict[str, tuple[float, str]]:
+    """Best test top-1 of trained runs, by method, with the run each comes from; two runs of one
+    method are an error (which one would the table show?)."""
+    from ..training.config import read_run_config
+
+    out: dict[str, tuple[float, str]] = {}
+    for run in run_dirs:
+        cfg = read_run_config(run)
+        results = Path(run) / "results.json"
+        if not results.is_file():
+            raise FileNotFoundError(f"{results} not found: the run has not finished")
+        if cfg.method in out:
+            raise ValueError(f"--runs has two runs of --method {cfg.method} ({out[cfg.method][1]}, {run}); give one")
+        out[cfg.method] = (json.loads(results.read_text())["best"]["top1"], str(run))
+    return out
+
+
+def bench_markdown(meta: dict, rows: list[dict]) -> str:
+    """bench.md: how it was measured (command, date, machine), then the table."""
+    setup = meta["setup"]
+    lines = [f"# {setup['model']}, {setup['device']}, batch {setup['batch_size']}, amp {setup['amp']}", "",
+             f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
+             f"- torch: {meta['torch']}",
+             f"- timing: median of {meta['rounds']} interleaved rounds after {meta['warmup']} warm-up round(s)",
+             f"- memory: {meta['memory']}", "", markdown_table(rows), ""]
+    return "\n".join(lines)
+
+
+def write_bench(out: str | Path, meta: dict, rows: list[dict]) -> Path:
+    """bench.json, bench.csv, bench.md and bench.png in ``out``."""
+    import csv
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    with open(out / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "bench.md").write_text(bench_markdown(meta, rows))
+    setup = meta["setup"]
+    plot(rows, str(out / "bench.png"), f"{setup['model']} on {meta['machine']}, batch {setup['batch_size']}")
+    return out

@@ -1,0 +1,94 @@
+"""Deployment formats of a trained run: ONNX, TorchScript, torch.export, and one safetensors file.
+
+Token counts depend only on the input size, so every graph is static but for the batch
+dimension, which stays dynamic.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from ..files import atomic_write_bytes
+from ..hosts import build_architecture, host_for
+from ..methods import get_method, prepare
+from ..training.config import RunConfig
+from ..training.run import load_run, set_keep_rate
+
+FORMATS = ("onnx", "torchscript", "export", "safetensors")
+MODEL_FORMAT = "sparse-tuning-model/1"
+
+
+def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, *host_for(model).input_size(model))
+
+
+def for_inference(model: nn.Module, method: str) -> nn.Module:
+    """The model as it is deployed: the method's inference form (LoRA merged), eval mode, CPU."""
+    model = model.cpu().eval()
+    hook = get_method(method).for_inference
+    return hook(model) if hook is not None else model
+
+
+def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | Path) -> Path:
+    """Write `model` (eval mode, on CPU) in `fmt`; returns the path."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = for_inference(model, run_config.method)
+    x = example_input(model)
+    if fmt == "safetensors":
+        tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        meta = {"format": MODEL_FORMAT, "run_config": json.dumps(run_config.to_dict())}
+        atomic_write_bytes(out, save(tensors, metadata=meta))
+    elif fmt == "onnx":
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.onnx.export(model, (x,), dynamic_shapes=({0: batch},), input_names=["images"],
+                                    output_names=["logits"], dynamo=True)
+        program.save(str(out))
+    elif fmt == "export":
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)), str(out))
+    else:
+        # Token counts are Python ints of the input size; the tracer warns that they become
+        # constants, which is right: the graph is for this input size, any batch.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(model, x, check_trace=False)
+        traced.save(str(out))
+    return out
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path, keep_rate: Optional[float] = None) -> Path:
+    model, cfg = load_run(run_dir, keep_rate)
+    if keep_rate is not None:
+        cfg = dataclasses.replace(cfg, sparse_tuning=dataclasses.replace(cfg.sparse_tuning, keep_rate=keep_rate))
+    return export_model(model, cfg, fmt, out)
+
+
+def load_model(path: str | Path, keep_rate: Optional[float] = None) -> nn.Module:
+    """A model saved with ``export --format safetensors``: backbone, adapters and head, rebuilt
+    from the file alone (no hub, no run folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a Sparse-Tuning model file (format {meta.get('format')!r})")
+    cfg = RunConfig.from_dict(json.loads(meta["run_config"]))
+    model = build_architecture(cfg.model, cfg.img_size, cfg.num_classes, device="cpu")
+    prepare(model, cfg.method, cfg.sparse_tuning, cfg.baseline)
+    model = for_inference(model, cfg.method)  # the file holds the inference form's weights
+    model.load_state_dict(load_file(str(path)), strict=True)
+    if keep_rate is not None:
+        set_keep_rate(model, keep_rate, cfg.method)
+    return model.eval()

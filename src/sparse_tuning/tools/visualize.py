@@ -1,0 +1,191 @@
+"""Which tokens survived: pictures with the dropped patches greyed out, and foreground recall."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..api import kept_tokens
+from ..hosts import host_for
+
+
+def kept_masks(kept: Sequence[torch.Tensor], num_patches: int) -> np.ndarray:
+    """(steps, B, num_patches) booleans: which original patches are still kept after each step.
+
+    A patch merged into a fused token is not kept (it lives on only as part of an average).
+    """
+    steps = []
+    for k in kept:
+        B = k.shape[0]
+        m = np.zeros((B, num_patches), dtype=bool)
+        for b, row in enumerate(k.cpu().numpy()):
+            m[b, row[row >= 0]] = True
+        steps.append(m)
+    return np.stack(steps) if steps else np.zeros((0, 0, num_patches), dtype=bool)
+
+
+def foreground_recall(masks: np.ndarray, foreground: np.ndarray) -> list[float]:
+    """Per step: kept foreground patches / foreground patches, over all images.
+
+    masks (steps, B, P) from kept_masks; foreground (B, P) booleans.
+    """
+    total = foreground.sum()
+    return [float((m & foreground).sum() / max(total, 1)) for m in masks]
+
+
+def random_recall(keep_counts: Sequence[tuple[int, int]]) -> list[float]:
+    """What a random choice keeps of any patch set: the product of k/M over the steps so far
+    (about rho, rho^2, rho^3)."""
+    out, share = [], 1.0
+    for k, m in keep_counts:
+        share *= k / m
+        out.append(share)
+    return out
+
+
+def keep_rate_plot(rows: Sequence[dict], path: str | Path, title: str, flops_scale: float = 1.0,
+                   flops_unit: str = "GFLOPs") -> None:
+    """Top-1 (with its 95% interval, rows' "top1_ci95") and cost per image across keep rates.
+
+    rows: {"keep_rate", "top1", "top1_ci95", "gflops"} each; cost drawn as gflops * flops_scale.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rates, top1 = [r["keep_rate"] for r in rows], [r["top1"] for r in rows]
+    err = [[t - r["top1_ci95"][0] for t, r in zip(top1, rows)], [r["top1_ci95"][1] - t for t, r in zip(top1, rows)]]
+    acc = ax.errorbar(rates, top1, yerr=err, fmt="o-", color="tab:red", capsize=3, label="top-1 (95% interval)")
+    ax.set_xlabel("keep rate at inference")
+    ax.set_ylabel("top-1 accuracy (%)", color="tab:red")
+    ax.set_ylim(0, 100)
+    ax2 = ax.twinx()
+    (cost,) = ax2.plot(rates, [flops_scale * r["gflops"] for r in rows], "s--", color="tab:blue",
+                       label=f"{flops_unit} per image")
+    ax2.set_ylabel(f"{flops_unit} per image", color="tab:blue")
+    ax2.set_ylim(0, None)
+    ax.legend(handles=[acc, cost], loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+GREY = 128  # the mid grey that covers a patch that was not kept (visible on light and dark images)
+
+
+def grey_out(image: np.ndarray, keep: np.ndarray, patch: int) -> np.ndarray:
+    """image (H, W, 3) uint8 with the patches not in `keep` (flattened, row-major) greyed out."""
+    H, W, _ = image.shape
+    out = image.astype(np.float32).copy()
+    grid = keep.reshape(H // patch, W // patch)
+    for r, c in zip(*np.nonzero(~grid)):
+        block = out[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
+        block[:] = 0.2 * block + 0.8 * GREY  # grey, a trace of the image left
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def step_titles(model: torch.nn.Module) -> list[str]:
+    """After a forward: 'block 4:\n64 -> 45+1 tokens' per sparsification step (1-based block numbers,
+    patch tokens in -> kept + fused token out)."""
+    st = model.sparse_tuning
+    titles = []
+    for i in st.sparsify_at:
+        n_in, n_out = (n - st.num_prefix for n in st.last_tokens[i])
+        fused = st.config.merge != "drop"
+        titles.append(f"block {i + 1}:\n{n_in} -> {n_out - fused}" + ("+1" if fused else "") + " tokens")
+    return titles
+
+
+def kept_tokens_figure(images: np.ndarray, masks: np.ndarray, patch: int, path: str | Path,
+                       titles: Optional[Sequence[str]] = None, row_labels: Optional[Sequence[str]] = None,
+                       title: Optional[str] = None) -> Path:
+    """A grid: one row per image, columns = the image, then the patches still kept after each
+    sparsification step (the others greyed out), with a legend saying what grey means.
+
+    images (B, H, W, 3) uint8; masks (steps, B, P) from kept_masks; titles: one per column.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    B, H, W, _ = images.shape
+    steps = masks.shape[0]
+    titles = list(titles or ["input"] + [f"after step {i + 1}" for i in range(steps)])
+    cell = 1.9
+    fig, axes = plt.subplots(B, steps + 1, figsize=(cell * (steps + 1), cell * B + 0.9), squeeze=False)
+    for b in range(B):
+        panels = [images[b]] + [grey_out(images[b], masks[s, b], patch) for s in range(steps)]
+        for j, panel in enumerate(panels):
+            ax = axes[b, j]
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if b == 0:
+                ax.set_title(titles[j], fontsize=7)
+        if row_labels:
+            axes[b, 0].set_ylabel(row_labels[b], fontsize=7)
+    grey = tuple(0.8 * GREY / 255 + 0.2 * v for v in (0.5, 0.5, 0.5))
+    fig.legend(handles=[Patch(facecolor=grey, edgecolor="0.5", label="grey: patch not kept (merged into the "
+                                                                       "fused token)"),
+                        Patch(facecolor="white", edgecolor="0.5", label="clear: patch kept as its own token")],
+               loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.suptitle(title or "Tokens kept by token sparsification, step by step", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def run_and_mask(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Forward a batch and return kept_masks for it."""
+    model.eval()
+    model(x)
+    ph, pw = host_for(model).patch_size(model)
+    num_patches = (x.shape[-2] // ph) * (x.shape[-1] // pw)
+    return kept_masks(kept_tokens(model), num_patches)
+
+
+def visualize_images(image_paths: Sequence[str | Path], out_dir: str | Path, run: Optional[str | Path] = None,
+                     model: Optional[str] = None, weights: Optional[str] = None, img_size: Optional[int] = None,
+                     keep_rate: Optional[float] = None) -> Path:
+    """kept_tokens.png of the user's images: with a trained run, or with a pre-trained backbone
+    (``model`` by name) that sparsifies tokens with nothing trained."""
+    from ..data.images import augment_mode, make_transforms, parse_data_spec, read_user_image
+    from ..training.run import load_run, pretrained_with_sparsification
+
+    if (run is None) == (model is None):
+        raise ValueError("visualize needs --run RUN_DIR (a trained run) or --model NAME (a pre-trained backbone "
+                         "with token sparsification, nothing trained), not both")
+    images = [read_user_image(p) for p in image_paths]  # every file checked before any work
+    if run is not None:
+        if weights or img_size:
+            raise ValueError("--weights and --img-size come from the run; give them with --model instead")
+        net, cfg = load_run(run, keep_rate)
+        augment = augment_mode(parse_data_spec(cfg.data), cfg.augment)
+        if getattr(net, "sparse_tuning", None) is None or not net.sparse_tuning.sparsify_at:
+            raise ValueError(f"visualize needs a run that sparsifies tokens; this one used --method {cfg.method}")
+    else:
+        net = pretrained_with_sparsification(model, weights, img_size, keep_rate)
+        augment = "full"  # evaluation transform: resize, centre crop
+    _, transform = make_transforms(net, augment)
+    x = torch.stack([transform(image) for image in images])
+    masks = run_and_mask(net, x)
+    # Show the images as the model saw them: the transformed input, un-normalised.
+    host = host_for(net)
+    dc = host.data_config(net)
+    mean, std = torch.tensor(dc["mean"]).view(1, 3, 1, 1), torch.tensor(dc["std"]).view(1, 3, 1, 1)
+    shown = ((x * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
+    titles = [f"input:\n{masks.shape[2]} patches"] + step_titles(net)
+    return kept_tokens_figure(np.ascontiguousarray(shown), masks, host.patch_size(net)[0],
+                              Path(out_dir) / "kept_tokens.png", titles=titles,
+                              row_labels=[Path(p).name for p in image_paths],
+                              title=f"Tokens kept at keep rate {net.sparse_tuning.keep_rate:g}")

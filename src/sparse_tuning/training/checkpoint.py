@@ -1,0 +1,97 @@
+"""Training checkpoints: only the trainable weights, never the frozen backbone; never half-written.
+
+A checkpoint is a folder ``RUN_DIR/checkpoints/step-NNNNNNN/`` holding ``trainable.safetensors``
+and ``state.pt`` (optimizer, scaler, RNG states, epoch and step). Each file is written to a
+temporary name, fsynced and renamed; only then does ``checkpoints/latest.json`` (itself replaced
+atomically) point at it. A crash at any moment leaves the previous checkpoint as the latest.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save
+
+from ..files import atomic_write_bytes
+
+KEEP_LAST = 2
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+
+
+def _to_bytes(obj: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """The parameters that train (by name), atomically, in safetensors."""
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_trainable(model: nn.Module, path: Path) -> None:
+    """Load what save_trainable wrote; the names and shapes must be exactly the model's."""
+    tensors = load_file(str(path))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != set(params) or any(tensors[k].shape != params[k].shape for k in params):
+        missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        raise ValueError(f"{path} is from another model or config "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(tensors[k])
+
+
+def save_checkpoint(run_dir: Path, model: nn.Module, state: dict[str, Any], step: int,
+                    metadata: dict[str, str]) -> Path:
+    """Write checkpoint ``step`` and make it the latest; older ones beyond KEEP_LAST are removed."""
+    root = Path(run_dir) / "checkpoints"
+    folder = root / f"step-{step:07d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_trainable(model, folder / "trainable.safetensors", metadata)
+    atomic_write_bytes(folder / "state.pt", _to_bytes(state))
+    atomic_write_bytes(root / "latest.json", json.dumps({"step": step, "folder": folder.name}).encode())
+    for old in sorted(root.glob("step-*"))[:-KEEP_LAST]:
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    pointer = Path(run_dir) / "checkpoints" / "latest.json"
+    if not pointer.is_file():
+        return None
+    return pointer.parent / json.loads(pointer.read_text())["folder"]
+
+
+def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
+    """Load trainable weights into ``model`` (names must match exactly); return the state dict."""
+    load_trainable(model, folder / "trainable.safetensors")
+    return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)

@@ -1,0 +1,242 @@
+"""The run configuration: one typed tree of dataclasses, torch-free.
+
+    RunConfig            model, data, method and the other top-level options
+      .sparse_tuning     core.config.SparseTuningConfig, as the method resolves it (None: no such config)
+      .baseline          every other method's own options (methods/*.py declare them)
+      .video             data.options.VideoConfig
+      .train             TrainConfig
+
+The command line is derived from it (each field's comment is its ``--help``; flags are flat).
+Option layers merge defaults < preset < config file < flags; a layer may be nested
+(``train: {epochs: 2}``) or flat (``epochs: 2``); an unknown key names the closest valid one.
+``config.json`` in a run folder is ``RunConfig.to_dict()``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from ..core.config import SparseTuningConfig
+from ..data.options import AUGMENTS, VIDEO_KINDS, VideoConfig
+from ..methods import get_method, method_config, method_names, option_owners, validate_options
+
+AMPS = ("bf16", "fp16", "off")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100                  # passes over the training set
+    batch_size: int = 64               # global batch: images per optimizer step over all ranks and micro-batches
+    lr: float = 1e-3                   # peak learning rate, reached after the warmup
+    min_lr: float = 0.0                # learning rate at the end of the cosine decay
+    warmup_epochs: float = 10.0        # linear warmup from 0, in epochs (per-step schedule)
+    weight_decay: float = 1e-4         # AdamW decay; never on biases, norms or other 1-d parameters
+    grad_accum: int = 1                # micro-batches per optimizer step
+    clip_grad: Optional[float] = None  # max global gradient norm; unset: no clipping
+    amp: Literal["bf16", "fp16", "off"] = "off"  # mixed precision: bf16, fp16 (with a grad scaler) or off
+    seed: int = 0                      # data order, augmentation, initialisation of new weights
+    keep_rate_warmup: float = 0.0      # epochs over which the keep rate anneals from 1 to its target
+    label_smoothing: float = 0.0       # label smoothing of the cross-entropy
+    mixup: float = 0.0                 # timm Mixup alpha (0: off)
+    cutmix: float = 0.0                # timm CutMix alpha (0: off)
+    save_every: int = 0                # optimizer steps between checkpoints; 0: at epoch ends only
+    log_every: int = 10                # optimizer steps between progress and metrics lines
+    eval_every: int = 1                # epochs between evaluations (the last epoch is always evaluated)
+    eval_batch_size: int = 128         # images per evaluation batch and rank
+    num_workers: int = 2               # data-loading processes per rank
+    device: str = "auto"               # auto (cuda if available), cpu, cuda, cuda:N
+    deterministic: bool = False        # torch.use_deterministic_algorithms for bit-exact reruns
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMPS:
+            raise ValueError(f"amp={self.amp!r}: expected bf16, fp16 or off")
+        for name in ("epochs", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
+        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ValueError("lr must be > 0; min_lr, weight_decay and warmup_epochs must be >= 0")
+        if self.save_every < 0 or self.num_workers < 0 or self.keep_rate_warmup < 0:
+            raise ValueError("save_every, num_workers and keep_rate_warmup must be >= 0")
+        if self.amp == "fp16" and not _cuda_device(self.device):
+            raise ValueError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
+
+
+def _cuda_device(device: str) -> bool:
+    if device == "auto":
+        import torch  # only here: a config without fp16 is checked without torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+@dataclass
+class RunConfig:
+    model: Optional[str] = None        # timm model name, e.g. vit_base_patch16_224.augreg_in21k
+    data: Optional[str] = None         # folder:PATH | vtab:ROOT/TASK | cifar100:ROOT | svhn:ROOT | food101:ROOT | mnist:ROOT | fashionmnist:ROOT | torchvision:NAME:ROOT | kinetics:ROOT | ssv2:ROOT | frames:ROOT | videolist:TRAIN[,EVAL]
+    method: str = "sparse-tuning"      # what trains (the methods are listed under --method)
+    preset: Optional[Literal["vtab", "full"]] = None  # the paper's recipe, under your options: vtab (b=8, lr 1e-2) or full (b=32, lr 1e-3)
+    pretrained: bool = True            # load the model's pre-trained weights from the hub; --no-pretrained: a seeded random backbone (tests, smoke runs)
+    weights: Optional[str] = None      # local backbone weights: .safetensors, .pth, .bin or Google's .npz
+    img_size: Optional[int] = None     # input size (default: the model's); position embeddings are resampled
+    download: bool = False             # let torchvision download the dataset (where a network exists)
+    strict_data: bool = False          # fail on an unreadable image instead of skipping and counting it
+    augment: Literal["auto", "none", "crop-flip"] = "auto"  # training augmentation: auto (none for vtab:, crop and flip otherwise), none, crop-flip
+    train_samples: int = 0             # train on a class-balanced subset of N images drawn with the seed (0: every image)
+    eval_samples: int = 0              # evaluate on a class-balanced subset of N images drawn with the seed (0: every image)
+    sparse_tuning: Optional[SparseTuningConfig] = None  # resolved from the method and the Sparse-Tuning options
+    baseline: dict[str, Any] = field(default_factory=dict)  # the other methods' options, validated
+    video: VideoConfig = field(default_factory=VideoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    num_classes: int = 0               # recorded by train: classes of the training data
+    classes: list[str] = field(default_factory=list)  # recorded by train: their names
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["sparse_tuning"] = self.sparse_tuning.to_dict() if self.sparse_tuning else None
+        out["video"], out["train"] = dataclasses.asdict(self.video), dataclasses.asdict(self.train)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """A recorded config (config.json): every section as written, validated again."""
+        d = dict(d)
+        st = d.pop("sparse_tuning", None)
+        cfg = cls(**{k: v for k, v in d.items() if k not in ("baseline", "video", "train")},
+                  sparse_tuning=SparseTuningConfig.from_dict(st) if st else None,
+                  baseline=validate_options(d.get("baseline") or {}),
+                  video=VideoConfig(**(d.get("video") or {})), train=TrainConfig(**(d.get("train") or {})))
+        return cfg
+
+    @property
+    def is_video(self) -> bool:
+        return str(self.data or "").partition(":")[0] in VIDEO_KINDS
+
+
+# Preset overrides: the paper's VTAB-1K recipe and its complete-dataset one.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "vtab": {"train": {"epochs": 100, "lr": 1e-2, "min_lr": 0.0, "warmup_epochs": 10, "weight_decay": 1e-4,
+                       "batch_size": 64},
+             "sparse_tuning": {"bottleneck": 8}},
+    "full": {"train": {"epochs": 100, "lr": 1e-3, "min_lr": 1e-6, "warmup_epochs": 10, "weight_decay": 5e-2,
+                       "batch_size": 64},
+             "sparse_tuning": {"bottleneck": 32}},
+}
+SECTIONS = ("sparse_tuning", "baseline", "video", "train")
+RECORDED = ("num_classes", "classes")  # written by train, never options
+
+
+def top_level_fields() -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(RunConfig) if f.name not in SECTIONS + RECORDED]
+
+
+def section_fields(section: str) -> list[str]:
+    """The option names of a nested section."""
+    if section == "baseline":
+        return list(option_owners())
+    cls = {"train": TrainConfig, "sparse_tuning": SparseTuningConfig, "video": VideoConfig}[section]
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _nest(layer: dict[str, Any]) -> dict[str, Any]:
+    """A layer with flat section keys (``epochs: 2``) moved into their section (``train:``)."""
+    top = {f.name for f in top_level_fields()}
+    owner = {name: section for section in SECTIONS for name in section_fields(section)}
+    out: dict[str, Any] = {}
+    for key, value in layer.items():
+        if key in SECTIONS:
+            if not isinstance(value or {}, dict):
+                raise ValueError(f"option {key!r} holds a mapping of options, got {value!r}")
+            fields = section_fields(key)
+            for name in value or {}:
+                if name not in fields:
+                    close = difflib.get_close_matches(name, fields, n=1)
+                    raise ValueError(f"unknown option {name!r} under {key}:"
+                                     + (f"; did you mean {close[0]!r}?" if close else ""))
+            out.setdefault(key, {}).update(value or {})
+        elif key in owner:
+            out.setdefault(owner[key], {})[key] = value
+        elif key in top:
+            out[key] = value
+        else:
+            close = difflib.get_close_matches(key, sorted(top | set(owner)), n=1)
+            raise ValueError(f"unknown option {key!r} in the configuration"
+                             + (f"; did you mean {close[0]!r}?" if close else ""))
+    return out
+
+
+def resolve_config(*layers: dict[str, Any]) -> RunConfig:
+    """Merge option layers (defaults < preset < config file < flags), validated before any work."""
+    merged: dict[str, Any] = {section: {} for section in SECTIONS}
+    for layer in layers:
+        for key, value in _nest(layer).items():
+            if key in SECTIONS:
+                merged[key].update(value)
+            else:
+                merged[key] = value
+    preset = merged.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
+        for section, values in PRESETS[preset].items():  # presets sit under everything the user gave
+            merged[section] = {**values, **merged[section]}
+    method = merged.get("method", RunConfig.method)
+    if method not in method_names():
+        raise ValueError(f"method {method!r}: expected one of {', '.join(method_names())}")
+    fields = dict(merged["sparse_tuning"])
+    keep = fields.pop("keep_rate", None)
+    if fields.pop("adapters", True) is False and method == "sparse-tuning":
+        method = "ts-only"  # --no-adapters is token sparsification alone
+    top = {k: v for k, v in merged.items() if k not in SECTIONS}
+    cfg = RunConfig(**{**top, "method": method}, sparse_tuning=method_config(method, keep, **fields),
+                    baseline=validate_options(merged["baseline"]), video=VideoConfig(**merged["video"]),
+                    train=TrainConfig(**merged["train"]))
+    check_run_config(cfg)
+    return cfg
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    for name in ("train_samples", "eval_samples"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}={value!r}: expected an integer >= 0 (0: every image)")
+        if value and cfg.is_video:
+            raise ValueError(f"{name} takes a subset of image data; it does not apply to video data")
+    if cfg.augment not in AUGMENTS:
+        raise ValueError(f"augment={cfg.augment!r}: expected one of {', '.join(AUGMENTS)}")
+    if cfg.data and cfg.is_video != bool(cfg.video.frames):
+        raise ValueError("video data (kinetics:, ssv2:, frames:, videolist:) needs --frames N, and --frames "
+                         "needs video data")
+    if cfg.train.keep_rate_warmup and not get_method(cfg.method).reduces_tokens:
+        raise ValueError(f"keep_rate_warmup anneals the keep rate; --method {cfg.method} keeps every token")
+    if cfg.preset is not None and cfg.preset not in PRESETS:
+        raise ValueError(f"preset {cfg.preset!r}: expected one of {', '.join(PRESETS)}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML or JSON file (keys as in config.json, nested or flat; dashes or underscores)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of options")
+    norm = lambda d: {k.replace("-", "_"): (norm(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    return norm(data)
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
+    return RunConfig.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,20 @@
+"""Devices and mixed precision."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+    return device
+
+
+def autocast(device: str, amp: str):
+    if amp == "off":
+        return nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

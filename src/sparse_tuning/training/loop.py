@@ -1,0 +1,255 @@
+"""The training loop: AdamW on whatever has requires_grad, warmup + cosine, exact resume, DDP.
+
+It knows nothing about methods: the method decides what trains before the loop starts, and
+may pass a ``TrainHook`` (the keep-rate warmup of Sparse-Tuning) that the loop calls around
+steps and evaluations. ``Trainer`` holds the three parts: setup (``__init__``), one optimizer
+step (``step``) and an evaluation (``evaluate``); ``train`` runs them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from ..api import count_params
+from ..data.images import ImageData, SeededDataset, collate_skipping
+from ..methods.base import TrainHook
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .devices import autocast, resolve_device
+from .distributed import EpochSampler, all_reduce_sum, init_distributed
+from .evaluate import evaluate, top5_text
+from .progress import MetricsLog, Progress
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN loss, an incompatible checkpoint); the message says why."""
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay to `floor` at `total` steps.
+
+    A pure function of the step (rather than a stateful timm scheduler), so resuming needs
+    nothing but the step number.
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * t))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise TrainingError("the model has no trainable parameters")
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """One training run of ``model`` on ``data.train``, evaluated on ``data.eval``, into ``run_dir``."""
+
+    def __init__(self, model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Path,
+                 resume: bool = False, metadata: Optional[dict[str, str]] = None,
+                 log: Callable[[str], None] = print, hook: Optional[Callable[..., TrainHook]] = None) -> None:
+        self.model, self.data, self.cfg, self.run_dir, self.log = model, data, cfg, Path(run_dir), log
+        self.metadata = metadata or {}
+        device = resolve_device(cfg.device)
+        self.d = d = init_distributed(device)
+        self.device = f"cuda:{d.local_rank}" if device == "cuda" else device
+        self.micro, rest = divmod(cfg.batch_size, d.world * cfg.grad_accum)
+        if rest or self.micro < 1:
+            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of ranks x grad_accum "
+                             f"({d.world} x {cfg.grad_accum})")
+        self.steps_per_epoch = len(data.train) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training set has {len(data.train)} images, fewer than one batch of {cfg.batch_size}")
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.hook = hook(model, cfg, self.steps_per_epoch) if hook is not None else TrainHook()
+
+        model.to(self.device)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        self.net = model
+        if d.enabled:
+            ids = [d.local_rank] if self.device.startswith("cuda") else None
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.mixup, self.criterion = self._loss(data.num_classes)
+
+        self.step_index, self.best = 0, {"top1": -1.0, "epoch": -1}
+        self.skipped = 0
+        torch.manual_seed(cfg.seed)
+        if resume:
+            self._resume()
+        if d.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", d.main, self.step_index)
+
+    def _loss(self, num_classes: int):
+        cfg = self.cfg
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            from timm.data import Mixup
+            from timm.loss import SoftTargetCrossEntropy
+
+            mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                          num_classes=num_classes)
+            return mixup, SoftTargetCrossEntropy()
+        return None, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def _resume(self) -> None:
+        folder = latest_checkpoint(self.run_dir)
+        if folder is None:
+            raise TrainingError(f"nothing to resume: {self.run_dir}/checkpoints has no checkpoint")
+        state = load_checkpoint(folder, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.step_index, self.best = state["step"], state["best"]
+        self.log(f"resumed from {folder} at step {self.step_index} (epoch {self.step_index // self.steps_per_epoch})")
+
+    def summary(self, about: str = "") -> list[str]:
+        """What the run is about to do, before the first step."""
+        total, trainable = count_params(self.model)
+        cfg, data = self.cfg, self.data
+        return [
+            f"train: {about + ', ' if about else ''}on {self.device}"
+            + (f" ({self.d.world} processes)" if self.d.enabled else ""),
+            f"data: {len(data.train):,} training images, {len(data.eval):,} {data.eval_split} images, "
+            f"{data.num_classes} classes",
+            f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
+            f"schedule: {cfg.epochs} epochs x {self.steps_per_epoch} steps of {cfg.batch_size} images, "
+            f"lr {cfg.lr:g} (warmup {cfg.warmup_epochs:g} epochs, cosine to {cfg.min_lr:g})",
+            f"run folder: {self.run_dir}",
+        ]
+
+    def checkpoint(self) -> None:
+        if self.d.main:
+            state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+                     "rng": rng_state(), "step": self.step_index, "best": self.best,
+                     "train_config": dataclasses.asdict(self.cfg)}
+            save_checkpoint(self.run_dir, self.model, state, self.step_index, self.metadata)
+
+    def loader(self, epoch: int):
+        """The rest of ``epoch``'s batches, from where a resumed run stopped, and their sampler."""
+        cfg = self.cfg
+        sampler = EpochSampler(len(self.data.train), cfg.batch_size, cfg.seed, epoch, self.d,
+                               start_batch=self.step_index - epoch * self.steps_per_epoch)
+        loader = DataLoader(SeededDataset(self.data.train), batch_size=self.micro, sampler=sampler,
+                            num_workers=cfg.num_workers, collate_fn=collate_skipping,
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        return iter(loader), sampler
+
+    def step(self, batches) -> tuple[float, float, float]:
+        """One optimizer step over grad_accum micro-batches; returns (loss, lr, images/s)."""
+        cfg, d, device = self.cfg, self.d, self.device
+        t0 = time.perf_counter()
+        lr = lr_at(self.step_index, self.total_steps, self.warmup, cfg.lr, cfg.min_lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.hook.before_step(self.step_index)
+        loss_sum, images_seen = 0.0, 0
+        for m in range(cfg.grad_accum):
+            images, labels, skipped = next(batches)
+            self.skipped += skipped
+            if images is None:
+                continue
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if self.mixup is not None:
+                if len(images) % 2:  # timm's Mixup pairs samples; a skipped image can leave one over
+                    images, labels = images[:-1], labels[:-1]
+                images, labels = self.mixup(images, labels)
+            sync = self.net.no_sync() if d.enabled and m < cfg.grad_accum - 1 else nullcontext()
+            with sync, autocast(device, cfg.amp):
+                loss = self.criterion(self.net(images), labels) / cfg.grad_accum
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_sum += loss.detach().float()
+            images_seen += len(images)
+        loss_value, = all_reduce_sum([float(loss_sum)], d, device)
+        loss_value /= d.world
+        if not math.isfinite(loss_value):
+            last = latest_checkpoint(self.run_dir)
+            raise TrainingError(f"the loss became {loss_value} at step {self.step_index + 1}; stopped without "
+                                f"applying that update. Last good checkpoint: {last or 'none'} (resume with --resume)")
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.clip_grad:
+            params = (p for g in self.optimizer.param_groups for p in g["params"])
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_index += 1
+        return loss_value, lr, images_seen * d.world / max(time.perf_counter() - t0, 1e-9)
+
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        """Evaluate as the model will be used (the hook restores the schedule afterwards)."""
+        self.hook.before_eval()
+        try:
+            result = evaluate(self.model, self.data.eval, self.cfg.eval_batch_size, self.device, self.cfg.amp,
+                              self.d, self.cfg.num_workers)
+        finally:
+            self.hook.after_eval()
+        if result["top1"] > self.best["top1"]:
+            self.best = {"top1": result["top1"], "epoch": epoch}
+        self.metrics.write({"step": self.step_index, "epoch": epoch, "split": self.data.eval_split, **result})
+        return {"epoch": epoch, **result}
+
+    def run(self, about: str = "") -> dict[str, Any]:
+        """Train to the last epoch; returns {"final": the last evaluation, "best": best top-1 and its epoch}."""
+        cfg, d = self.cfg, self.d
+        progress = Progress(self.total_steps, self.step_index, enabled=d.main, log=self.log, every=cfg.log_every)
+        if d.main:
+            for line in self.summary(about):
+                progress.message(line)
+        final: dict[str, Any] = {}
+        for epoch in range(self.step_index // self.steps_per_epoch, cfg.epochs):
+            batches, sampler = self.loader(epoch)
+            self.net.train()
+            for _ in range(sampler.start_batch, self.steps_per_epoch):
+                loss, lr, rate = self.step(batches)
+                progress.update(self.step_index, loss, rate)
+                if self.step_index % cfg.log_every == 0 or self.step_index == self.total_steps:
+                    self.metrics.write({"step": self.step_index, "epoch": epoch, "loss": loss, "lr": lr,
+                                        "images_per_s": rate, "keep_rate": 1.0, **self.hook.metrics(),
+                                        "skipped_images": self.skipped})
+                if cfg.save_every and self.step_index % cfg.save_every == 0:
+                    self.checkpoint()
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                final = self.evaluate(epoch)
+                progress.message(f"epoch {epoch}: {self.data.eval_split} top-1 {final['top1']:.2f}"
+                                 f"{top5_text(final, ',')} (best {self.best['top1']:.2f} at epoch {self.best['epoch']})")
+            self.checkpoint()
+        progress.close()
+        self.hook.before_eval()  # the model leaves as it will be used
+        if d.enabled:
+            torch.distributed.barrier()  # every rank done before rank 0 writes the final files
+        if self.skipped and d.main:
+            self.log(f"skipped {self.skipped} unreadable training image(s) (--strict-data makes them an error)")
+        return {"final": final, "best": self.best}
+
+
+def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
+          metadata: Optional[dict[str, str]] = None, log: Callable[[str], None] = print,
+          hook: Optional[Callable[..., TrainHook]] = None, about: str = "") -> dict[str, Any]:
+    """Train ``model`` on ``data.train``, evaluate on ``data.eval``; writes into ``run_dir``.
+
+    ``hook``: the method's ``train_hook`` factory (``hook(model, cfg, steps_per_epoch)``), if any.
+    Returns {"final": eval metrics of the last epoch, "best": best top-1 and its epoch}.
+    """
+    return Trainer(model, data, cfg, run_dir, resume, metadata, log, hook).run(about)

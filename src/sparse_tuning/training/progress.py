@@ -1,0 +1,63 @@
+"""What a user sees and keeps of a run's progress: console lines (or a tqdm bar on a terminal)
+and RUN_DIR/metrics.jsonl."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+class MetricsLog:
+    """RUN_DIR/metrics.jsonl, one JSON line per logged step and per evaluation (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step and path.exists():
+            # Lines after the checkpoint belong to the interrupted attempt: drop them.
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+        elif enabled and not resume_step:
+            path.write_text("")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise (a log file, a cluster job) one line every ``every``
+    optimizer steps and at the last one."""
+
+    def __init__(self, total: int, start: int, enabled: bool, log: Callable[[str], None], every: int = 10) -> None:
+        self.enabled, self.log, self.total, self.every = enabled, log, total, every
+        self.bar = None
+        self.start, self.started = start, time.monotonic()
+        self.last_line = self.started
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, loss: float, images_per_s: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
+        elif step % self.every == 0 or step == self.total:
+            self.last_line = time.monotonic()
+            per_step = (self.last_line - self.started) / max(step - self.start, 1)
+            eta = per_step * (self.total - step)
+            self.log(f"step {step}/{self.total} loss {loss:.4f} {images_per_s:.0f} images/s "
+                     f"ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}")
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar is not None else self.log)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

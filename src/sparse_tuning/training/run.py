@@ -1,0 +1,162 @@
+"""A run: a resolved RunConfig, a model built from it, a run folder. The library functions that
+the CLI, the benchmarks and the demo call.
+
+RUN_DIR holds config.json (everything needed to rebuild the model), metrics.jsonl,
+checkpoints/, trainable.safetensors (what the method trained: adapters + head for Sparse-Tuning),
+adapters.safetensors (Sparse-Tuning methods: the portable adapter file) and results.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from ..adapter_io import save_adapters
+from ..files import atomic_write_bytes
+from ..hosts import build_architecture, host_for, host_named
+from ..methods import get_method, prepare
+from .checkpoint import load_trainable, save_trainable
+from .config import RunConfig, load_config_file, read_run_config, resolve_config  # noqa: F401  (re-exported)
+from .loop import evaluate, resolve_device, train
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """A local checkpoint into the backbone (see the host's load_weights)."""
+    host_for(model).load_weights(model, path)
+
+
+def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
+    """The backbone from the run config (weights from the hub, a file, or a seeded random init),
+    with the method applied."""
+    host = host_named(cfg.model)
+    torch.manual_seed(cfg.train.seed)  # a random backbone (--no-pretrained) is rebuilt identically
+    hub = cfg.pretrained and not cfg.weights
+    model = host.create(cfg.model, pretrained=hub, img_size=cfg.img_size, num_classes=num_classes)
+    if cfg.weights:
+        host.load_weights(model, cfg.weights)
+    prepare(model, cfg.method, cfg.sparse_tuning, cfg.baseline)
+    if cfg.video.frames:
+        model = host.video_model(model, cfg.video.frames, cfg.video.video_tokens, cfg.video.tubelet)
+    return model
+
+
+def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None):
+    """Image or video datasets for a run config (data overrides its spec)."""
+    from ..data.images import load_image_data
+    from ..data.video import load_video_data
+    from ..data.options import VIDEO_KINDS
+
+    spec = data or cfg.data
+    kind, _, path = spec.partition(":")
+    if kind not in VIDEO_KINDS:
+        return load_image_data(spec, probe, download=cfg.download, strict=cfg.strict_data, augment=cfg.augment,
+                               train_samples=cfg.train_samples, eval_samples=cfg.eval_samples, seed=cfg.train.seed)
+    size = host_for(probe).input_size(probe)[1]
+    return load_video_data(kind, path, cfg.video.plan(kind, size), strict=cfg.strict_data)
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
+              log=print) -> dict[str, Any]:
+    """Train a resolved config into run_dir; returns the results."""
+    run_dir = Path(run_dir)
+    if not cfg.model or not cfg.data:
+        raise ValueError("train needs --model NAME and --data SPEC")
+    probe = build_architecture(cfg.model, cfg.img_size)  # for its data config
+    data = load_data(cfg, probe)
+    cfg = dataclasses.replace(cfg, num_classes=data.num_classes, classes=list(data.classes))
+    model = build_model(cfg, data.num_classes)
+    if _is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
+    method = get_method(cfg.method)
+    meta = {"method": cfg.method, "model": cfg.model}
+    results = train(model, data, cfg.train, run_dir, resume=resume, metadata=meta, log=log,
+                    hook=method.train_hook, about=f"{cfg.model}, --method {cfg.method}")
+    if _is_main():
+        save_trainable(model, run_dir / "trainable.safetensors", meta)
+        if method.saves_adapters:  # the portable file for sparse_tuning.load_adapters
+            save_adapters(getattr(model, "vit", model), run_dir / "adapters.safetensors")
+        results = {"eval_split": data.eval_split, **results,
+                   "note": "final = last epoch; best = highest top-1 over the evaluated epochs"}
+        atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
+    return results
+
+
+def pretrained_with_sparsification(name: str, weights: str | None, img_size: int | None,
+                                   keep_rate: float | None) -> nn.Module:
+    """A pre-trained backbone with token sparsification and no adapters: what the method keeps
+    before any training (the ranking needs no trained part)."""
+    cfg = resolve_config({"model": name, "weights": weights, "img_size": img_size, "method": "ts-only",
+                          "sparse_tuning": {} if keep_rate is None else {"keep_rate": keep_rate}})
+    return build_model(cfg, num_classes=0).eval()
+
+
+def set_keep_rate(model: nn.Module, keep_rate: float, method: str) -> None:
+    """The inference keep rate of a model that sparsifies tokens; an error for one that does not."""
+    st = getattr(model, "sparse_tuning", None)
+    if st is None or not st.sparsify_at:
+        raise ValueError(f"--keep-rate applies to models that sparsify tokens, not to --method {method}")
+    st.keep_rate = keep_rate
+
+
+def load_run(run_dir: str | Path, keep_rate: Optional[float] = None) -> tuple[nn.Module, RunConfig]:
+    """The trained model of a run: its backbone rebuilt from config.json, its trained part loaded."""
+    cfg = read_run_config(run_dir)
+    weights = Path(run_dir) / "trainable.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the run has not finished (resume it with --resume)")
+    model = build_model(cfg, cfg.num_classes)
+    load_trainable(model, weights)
+    if keep_rate is not None:
+        set_keep_rate(model, keep_rate, cfg.method)
+    return model.eval(), cfg
+
+
+def load_eval_data(model: nn.Module, cfg: RunConfig, data: Optional[str] = None):
+    """A run's data (or another spec), checked against the number of classes it was trained on."""
+    images = load_data(cfg, getattr(model, "vit", model), data)
+    if images.num_classes != cfg.num_classes:
+        raise ValueError(f"the data has {images.num_classes} classes; the run was trained on {cfg.num_classes}")
+    return images
+
+
+def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optional[float] = None,
+             device: str = "auto", batch_size: int = 128) -> dict[str, Any]:
+    model, cfg = load_run(run_dir, keep_rate)
+    device = resolve_device(device)
+    images = load_eval_data(model, cfg, data)
+    result = evaluate(model.to(device), images.eval, batch_size, device, cfg.train.amp)
+    st = getattr(model, "sparse_tuning", None)
+    result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0)
+    return result
+
+
+def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rate: Optional[float] = None,
+                device: str = "auto") -> list[dict[str, Any]]:
+    from ..data.images import augment_mode, make_transforms, parse_data_spec, read_user_image
+
+    model, cfg = load_run(run_dir, keep_rate)
+    if cfg.video.frames:
+        raise ValueError("predict reads images; for a video run, use eval")
+    device = resolve_device(device)
+    model.to(device)
+    _, transform = make_transforms(model, augment_mode(parse_data_spec(cfg.data), cfg.augment))
+    loaded = [read_user_image(path) for path in images]  # every file checked before any work
+    out = []
+    for path, image in zip(images, loaded):
+        with torch.no_grad():
+            probs = model(transform(image).unsqueeze(0).to(device)).softmax(-1)[0]
+        top = probs.topk(min(top_k, probs.numel()))
+        out.append({"image": str(path), "top": [{"label": cfg.classes[i], "index": int(i), "prob": float(p)}
+                                                for p, i in zip(top.values.tolist(), top.indices.tolist())]})
+    return out
+
+
+def _is_main() -> bool:
+    """Rank 0 of a torchrun job (or a plain process): the one that writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
