@@ -8,9 +8,7 @@ records it anyway with the date and the versions used.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import io
 import json
 import platform
 from pathlib import Path
@@ -18,22 +16,19 @@ from pathlib import Path
 import timm
 import torch
 
-from sparse_tuning.cli import main as cli
+from sparse_tuning.tools.flops import model_cost
 
-RUNS = [  # (label, extra CLI arguments)
-    ("dense (plain timm)", ["--method", "dense"]),
-    ("da-only, b=32", ["--method", "da-only"]),
-    ("sparse-tuning, b=32", []),
-    ("sparse-tuning, b=8 (VTAB-1K)", ["--bottleneck", "8"]),
-    ("ts-only", ["--method", "ts-only"]),
+RUNS = [  # (label, model_cost arguments)
+    ("dense (plain timm)", {"method": "dense"}),
+    ("da-only, b=32", {"method": "da-only"}),
+    ("sparse-tuning, b=32", {}),
+    ("sparse-tuning, b=8 (VTAB-1K)", {"bottleneck": 8}),
+    ("ts-only", {"method": "ts-only"}),
 ]
 
 
-def measure(model: str, args: list[str]) -> dict:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert cli(["flops", "--json", "--model", model, *args]) == 0
-    return json.loads(buf.getvalue())
+def measure(model: str, kwargs: dict) -> dict:
+    return model_cost(model, **kwargs)
 
 
 def main() -> None:

@@ -6,9 +6,7 @@ Writes benchmarks/flops_video.md and .json. Analytic counts (meta device, no wei
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
-import io
 import json
 import platform
 from pathlib import Path
@@ -16,17 +14,13 @@ from pathlib import Path
 import timm
 import torch
 
-from sparse_tuning.cli import main as cli
+from sparse_tuning.tools.flops import model_cost
 
 RUNS = [("joint", "dense"), ("joint", "sparse-tuning"), ("frames", "dense"), ("frames", "sparse-tuning")]
 
 
 def measure(layout: str, method: str) -> dict:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert cli(["flops", "--json", "--model", "vit_base_patch16_224", "--frames", "8",
-                    "--video-tokens", layout, "--method", method, "--num-classes", "400"]) == 0
-    return json.loads(buf.getvalue())
+    return model_cost("vit_base_patch16_224", method, num_classes=400, frames=8, video_tokens=layout)
 
 
 def main() -> None:

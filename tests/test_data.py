@@ -1,7 +1,7 @@
 """Datasets from small files in each format's own layout, and every kind of bad input."""
 import pytest
 import torch
-from datasets import class_image, make_cifar100, make_folder, make_food101, make_svhn, make_vtab_task
+from data_files import class_image, make_cifar100, make_folder, make_food101, make_svhn, make_vtab_task
 from torch.utils.data import DataLoader
 
 import timm

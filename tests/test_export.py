@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from datasets import make_folder
+from data_files import make_folder
 from PIL import Image
 
 import sparse_tuning as st

@@ -2,7 +2,7 @@
 import pytest
 import torch
 from conftest import tiny_vit
-from datasets import make_folder
+from data_files import make_folder
 
 import sparse_tuning as st
 from sparse_tuning.methods import method_names, prepare

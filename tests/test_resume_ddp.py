@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from datasets import make_folder
+from data_files import make_folder
 from safetensors.torch import load_file
 
 ARGS = ["--model", "st_vit_micro_patch4_32", "--no-pretrained", "--epochs", "5", "--batch-size", "8",

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from datasets import make_eurosat, make_mnist, write_idx
+from data_files import make_eurosat, make_mnist, write_idx
 
 import timm
 import sparse_tuning  # noqa: F401  (registers the small ViTs)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from datasets import make_folder
+from data_files import make_folder
 from safetensors import safe_open
 
 import sparse_tuning as st
@@ -96,13 +96,31 @@ def test_gradient_accumulation_matches_one_big_batch(folder, tmp_path):
     assert one["final"]["top1"] == two["final"]["top1"]
 
 
-def test_keep_rate_warmup_is_logged_and_eval_uses_the_target(folder, tmp_path):
+def test_keep_rate_warmup_anneals_training_forwards_and_not_evaluation(folder, tmp_path, monkeypatch):
+    """The rate each forward ran at: training ones follow 1 -> 0.7 over the warmup's 6 steps
+    (3 steps per epoch, 2 epochs), worked out here by hand; every evaluation runs at 0.7."""
+    from sparse_tuning.hosts.timm_vit import SparseTuningBlocks
+
+    seen = []
+    forward = SparseTuningBlocks.forward
+
+    def spy(self, x):
+        seen.append((self.training, round(self.st.keep_rate, 6)))
+        return forward(self, x)
+
+    monkeypatch.setattr(SparseTuningBlocks, "forward", spy)
     train_run(config(folder, epochs=2, keep_rate_warmup=2), tmp_path / "run")
-    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    rates = [l["keep_rate"] for l in lines if "keep_rate" in l]
-    assert rates[0] == 1.0 and rates == sorted(rates, reverse=True) and rates[-1] > 0.7
-    model, _ = load_run(tmp_path / "run")
-    assert model.sparse_tuning.keep_rate == 0.7
+    training = [rate for is_training, rate in seen if is_training]
+    assert training == [1.0, 0.95, 0.9, 0.85, 0.8, 0.75]
+    assert {rate for is_training, rate in seen if not is_training} == {0.7}
+    logged = [l["keep_rate"] for l in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+              if "keep_rate" in l]
+    assert logged == [1.0, 0.95, 0.9, 0.85, 0.8, 0.75]  # log_every=1: the rate of each step
+
+
+def test_keep_rate_warmup_is_refused_for_a_method_that_keeps_every_token(folder):
+    with pytest.raises(ValueError, match="keeps every token"):
+        config(folder, method="lora", keep_rate_warmup=2)
 
 
 @pytest.mark.parametrize("extra", [dict(mixup=0.8, cutmix=1.0, label_smoothing=0.1), dict(amp="bf16"),

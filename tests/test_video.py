@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from datasets import make_video_root, moving_square_frames, write_frame_folder, write_mp4
+from data_files import make_video_root, moving_square_frames, write_frame_folder, write_mp4
 from torch.utils.data import DataLoader
 
 import sparse_tuning as st

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from datasets import make_folder, make_vtab_task
+from data_files import make_folder, make_vtab_task
 from safetensors.torch import save_file
 
 import sparse_tuning  # noqa: F401  (registers the small ViTs)

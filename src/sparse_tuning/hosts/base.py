@@ -69,6 +69,11 @@ class Host:
         """Raise ValueError if the model cannot take images of (C, H, W)."""
         raise NotImplementedError
 
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        """Every attention module; each has timm's ``fused_attn`` switch (False: the explicit
+        softmax path, which the FLOP count and the parity tests use)."""
+        raise NotImplementedError
+
     def classifier(self, model: nn.Module) -> list[nn.Module]:
         """The classification head(s)."""
         raise NotImplementedError

@@ -114,6 +114,9 @@ class TimmHost(Host):
                 "create the model with img_size=... (timm resamples the position embedding) "
                 "or dynamic_img_size=True")
 
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in model.modules() if hasattr(m, "fused_attn")]
+
     def classifier(self, model: nn.Module) -> list[nn.Module]:
         heads = model.get_classifier()  # DeiT's distilled models have two
         return list(heads) if isinstance(heads, (tuple, list)) else [heads]

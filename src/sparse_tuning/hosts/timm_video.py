@@ -17,7 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from ..api import kept_tokens
 from .timm_vit import check_supported
 
 LAYOUTS = ("joint", "frames")
@@ -110,7 +109,7 @@ def kept_positions(model: VideoViT) -> list[torch.Tensor]:
         raise ValueError("kept positions are defined for the joint layout (frames: use kept_tokens per frame)")
     N = model.tokens_per_frame()
     out = []
-    for k in kept_tokens(model.vit):
+    for k in model.vit.sparse_tuning.kept_tokens():
         t, p = torch.div(k, N, rounding_mode="floor"), k % N
         fused = k < 0
         out.append(torch.stack([t.masked_fill(fused, -1), p.masked_fill(fused, -1)], dim=-1))

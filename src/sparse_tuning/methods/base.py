@@ -52,6 +52,7 @@ class Method:
     reduces_tokens: bool = False            # a keep rate applies: sweep, visualize, eval --keep-rate
     saves_adapters: bool = False            # the run also writes the portable adapters.safetensors
     trains_backbone: bool = False           # every backbone weight moves (recipes give it a lower lr)
+    without_adapters: Optional[str] = None  # the method that --no-adapters makes of this one
     for_inference: Optional[Callable[["nn.Module"], "nn.Module"]] = None  # before export (merge LoRA)
     train_hook: Optional[Callable[..., TrainHook]] = None  # train_hook(model, train_config, steps_per_epoch)
 

@@ -70,4 +70,4 @@ register(Method("ts-only", "token sparsification alone: the frozen ViT keeps the
 register(Method("da-only", "Dense Adapters alone: every token kept", order=80,
                 sparse_tuning_config=partial(_config, adapters=True, every_token="da-only"), **COMMON))
 register(Method("sparse-tuning", "the method: token sparsification + Dense Adapters (the default)", order=90,
-                reduces_tokens=True, sparse_tuning_config=partial(_config, adapters=True), **COMMON))
+                reduces_tokens=True, without_adapters="ts-only", sparse_tuning_config=partial(_config, adapters=True), **COMMON))

@@ -47,9 +47,8 @@ def split_row(row: str) -> tuple[str, bool]:
 
 def eager_attention(model: nn.Module) -> None:
     """Every attention module of the model on its explicit path (timm's ``fused_attn`` switch)."""
-    for m in model.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = False
+    for m in host_for(model).attention_modules(model):
+        m.fused_attn = False
 
 
 @dataclass

@@ -41,7 +41,10 @@ class FlopReport:
 def reference_formulation(model: nn.Module) -> Iterator[None]:
     """Temporarily switch every timm attention module to its explicit (eager) path and a
     Sparse-Tuning model's adapters to dense (unfactored) earlier outputs."""
-    mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    try:
+        mods = host_for(model).attention_modules(model)
+    except ValueError:  # a module no host serves: its own switches, if it has any
+        mods = [m for m in model.modules() if hasattr(m, "fused_attn")]
     saved = [m.fused_attn for m in mods]
     states = [m for m in model.modules() if isinstance(getattr(m, "sparse_tuning", None), SparseTuningState)]
     saved_history = [m.sparse_tuning.factored_history for m in states]

@@ -189,8 +189,8 @@ def resolve_config(*layers: dict[str, Any]) -> RunConfig:
         raise ValueError(f"method {method!r}: expected one of {', '.join(method_names())}")
     fields = dict(merged["sparse_tuning"])
     keep = fields.pop("keep_rate", None)
-    if fields.pop("adapters", True) is False and method == "sparse-tuning":
-        method = "ts-only"  # --no-adapters is token sparsification alone
+    if fields.pop("adapters", True) is False:  # --no-adapters: sparse-tuning becomes ts-only
+        method = get_method(method).without_adapters or method
     top = {k: v for k, v in merged.items() if k not in SECTIONS}
     cfg = RunConfig(**{**top, "method": method}, sparse_tuning=method_config(method, keep, **fields),
                     baseline=validate_options(merged["baseline"]), video=VideoConfig(**merged["video"]),
