@@ -25,3 +25,6 @@ def randomize_adapters(model, std: float = 0.05, seed: int = 1) -> None:
 @pytest.fixture
 def images():
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+import sparse_tuning.hosts.timm_models  # noqa: E402,F401  (registers st_vit_micro_patch4_32 with timm for the tests)

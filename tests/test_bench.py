@@ -49,13 +49,14 @@ def test_bench_memory_and_run_accuracy(tmp_path, capsys):
     assert all(r["train_memory_mb"] > 0 and r["infer_memory_mb"] >= 0 for r in rows.values())
     # The accuracy is the run's own best top-1, and the table says which run it comes from.
     best = json.loads((run / "results.json").read_text())["best"]["top1"]
-    assert rows["sparse-tuning"]["top1"] == best and rows["sparse-tuning"]["top1_run"] == str(run)
+    assert rows["sparse-tuning"]["top1"] == best and rows["sparse-tuning"]["runs"] == [str(run)]
     assert "top1" not in rows["adaptformer"]
     assert f"best test top-1 of the run `{run}`" in (tmp_path / "b" / "bench.md").read_text()
-    # Two runs of one method: which would the table show? Refused, before any timing.
-    assert main(["bench", "--model", MODEL, "--methods", "sparse-tuning", "--runs", str(run), str(run),
-                 "--out", str(tmp_path / "c")]) == 2
-    assert "two runs of --method sparse-tuning" in capsys.readouterr().err
+    # Several runs of one method (seeds): their mean and spread, every run named.
+    from sparse_tuning.tools.bench import run_accuracies
+
+    two = run_accuracies([str(run), str(run)])["sparse-tuning"]
+    assert two == {"top1": best, "top1_sd": 0.0, "runs": [str(run), str(run)]}
 
 
 def test_sweep(tmp_path, capsys):

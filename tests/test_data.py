@@ -5,7 +5,7 @@ from data_files import class_image, make_cifar100, make_folder, make_food101, ma
 from torch.utils.data import DataLoader
 
 import timm
-import sparse_tuning  # noqa: F401  (registers the small ViTs)
+import sparse_tuning.hosts.timm_models  # noqa: F401  (registers the small ViTs with timm)
 from sparse_tuning.data.images import (DataError, SeededDataset, collate_skipping, load_image_data, make_transforms,
                                 parse_data_spec)
 

@@ -117,8 +117,8 @@ def test_visualize_a_pretrained_backbone_without_a_run(tmp_path, capsys):
     assert model.patch_embed.img_size == (48, 48) and model.sparse_tuning.keep_rate == 0.5
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".adapter." in n)
     by_hand = timm.create_model("st_vit_micro_patch4_32", num_classes=0, img_size=48)
-    from sparse_tuning.training.run import load_weights
-    load_weights(by_hand, tmp_path / "w.safetensors")
+    from sparse_tuning.hosts import host_for
+    host_for(by_hand).load_weights(by_hand, tmp_path / "w.safetensors")
     st.apply(by_hand, st.SparseTuningConfig(keep_rate=0.5, adapters=False))
     x = make_transforms(model, "full")[1](rgb_loader(photo)).unsqueeze(0)
     assert x.shape == (1, 3, 48, 48)

@@ -35,13 +35,22 @@ def test_import_loads_nothing_and_the_library_loads_no_application():
     assert not [m for m in ours if m.startswith(("sparse_tuning.training", "sparse_tuning.data", "sparse_tuning.cli"))]
 
 
+def test_load_model_needs_the_run_config_but_not_the_training_code():
+    proc = run_python("import sys, json; import sparse_tuning as st; st.load_model; print(json.dumps(sorted(sys.modules)))")
+    assert proc.returncode == 0, proc.stderr
+    ours = [m for m in json.loads(proc.stdout) if m.startswith("sparse_tuning.")]
+    assert "sparse_tuning.training.config" in ours
+    assert not [m for m in ours if m.startswith(("sparse_tuning.training.loop", "sparse_tuning.training.run",
+                                                  "sparse_tuning.data.images", "sparse_tuning.cli"))]
+
+
 @pytest.mark.parametrize("argv,status", [
     (["--help"], 0), (["train", "--help"], 0), (["bench", "--help"], 0), (["flops", "--help"], 0),
-    (["train", "--method", "nope"], 2), (["train", "--epochs", "many"], 2), (["sweep"], 2),
+    (["train", "--method", "nope"], 2), (["train", "--epochs", "many"], 2), (["sweep"], 2), (["methods"], 0),
 ])
 def test_help_and_argument_errors_do_not_import_torch(argv, status):
     code = ("import sys; from sparse_tuning.cli import main\n"
-            f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
+            f"try:\n    code = main({argv!r})\nexcept SystemExit as e:\n    code = e.code\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO TORCH', code)")
     proc = run_python(code)
     assert proc.stdout.split()[-2:] == ["TORCH", str(status)] or proc.stdout.split()[-3:] == ["NO", "TORCH", str(status)]

@@ -9,7 +9,8 @@ from sparse_tuning.methods import method_names, prepare
 from sparse_tuning.methods.lora import merge_lora
 
 METHODS = method_names()
-from sparse_tuning.training.run import load_run, resolve_config, train_run
+from sparse_tuning.training.config import resolve_config
+from sparse_tuning.training.run import load_run, train_run
 
 C, K, DEPTH = 64, 10, 12          # tiny ViT width, classes, blocks
 HEAD = C * K + K

@@ -8,7 +8,7 @@ import torch
 from data_files import make_eurosat, make_mnist, write_idx
 
 import timm
-import sparse_tuning  # noqa: F401  (registers the small ViTs)
+import sparse_tuning.hosts.timm_models  # noqa: F401  (registers the small ViTs with timm)
 from sparse_tuning.data.images import DataError, load_image_data, parse_data_spec
 from sparse_tuning.data.torchvision_sets import balanced_subset, read_idx
 

@@ -8,7 +8,8 @@ from data_files import make_folder
 from safetensors import safe_open
 
 import sparse_tuning as st
-from sparse_tuning.training.run import load_run, resolve_config, train_run
+from sparse_tuning.training.config import resolve_config
+from sparse_tuning.training.run import load_run, train_run
 from sparse_tuning.methods.sparse_tuning import keep_rate_at
 from sparse_tuning.training.config import TrainConfig
 from sparse_tuning.training.loop import TrainingError, lr_at, param_groups

@@ -2,7 +2,6 @@
 testing, kept (time, patch) positions, and a few training steps in each layout."""
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -8,9 +8,10 @@ import torch
 from data_files import make_folder, make_vtab_task
 from safetensors.torch import save_file
 
-import sparse_tuning  # noqa: F401  (registers the small ViTs)
+import sparse_tuning.hosts.timm_models  # noqa: F401  (registers the small ViTs with timm)
 from sparse_tuning.cli import main
-from sparse_tuning.training.run import build_model, resolve_config
+from sparse_tuning.training.config import resolve_config
+from sparse_tuning.training.run import build_model
 from sparse_tuning.tools.vtab import vtab_table
 
 MODEL = "st_vit_micro_patch4_32"

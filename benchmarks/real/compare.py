@@ -31,8 +31,9 @@ ADAPTER_LR = 1e-3
 KEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def run_config(args: argparse.Namespace, method: str, seed: int) -> dict[str, Any]:
-    from sparse_tuning.training.run import resolve_config
+def run_config(args: argparse.Namespace, method: str, seed: int):
+    """The RunConfig of one method and seed."""
+    from sparse_tuning.training.config import resolve_config
 
     return resolve_config({
         "model": MODEL, "weights": args.weights, "img_size": args.img_size, "data": args.data, "method": method,
@@ -72,7 +73,7 @@ def phase_time(args: argparse.Namespace) -> None:
     from sparse_tuning.tools.bench import BenchSetup, run_bench
     from sparse_tuning.tools.flops import flop_report
     from sparse_tuning.methods import method_config, prepare
-    from sparse_tuning.training.run import build_architecture
+    from sparse_tuning.hosts import build_architecture
 
     out = Path(args.runs) / "timing.json"
     if out.is_file():

@@ -46,7 +46,7 @@ def main() -> int:
     args = p.parse_args()
     from sparse_tuning.training.run import pretrained_with_sparsification
     from sparse_tuning.hosts.timm_video import VideoViT, kept_positions
-    from sparse_tuning.tools.visualize import (foreground_recall, kept_masks, kept_tokens_figure, random_recall,
+    from sparse_tuning.tools.visualize import (foreground_recall, kept_tokens_figure, random_recall,
                                          run_and_mask, step_titles)
 
     out = Path(args.out)

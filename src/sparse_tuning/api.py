@@ -60,6 +60,16 @@ def kept_tokens(model: nn.Module) -> list[torch.Tensor]:
     return state_of(model).kept_tokens()
 
 
+def set_keep_rate(model: nn.Module, keep_rate: float, method: str = "") -> None:
+    """The keep rate at inference, no retraining; refused for a model with no sparsifying block
+    (one that keeps every token by construction: it has nothing the rate could change)."""
+    st = getattr(model, "sparse_tuning", None)
+    if st is None or not st.sparsify_at:
+        what = f"--method {method}" if method else "this model"
+        raise ValueError(f"--keep-rate applies to models that sparsify tokens, not to {what}")
+    st.keep_rate = keep_rate
+
+
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(total, trainable) parameter counts."""
     total = sum(p.numel() for p in model.parameters())

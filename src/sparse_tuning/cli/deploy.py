@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..tools.options import EXPORT_FORMATS as FORMATS
 from .options import add_model_options
 
 
@@ -20,9 +21,6 @@ def cmd_visualize(args: argparse.Namespace) -> int:
                             img_size=args.img_size, keep_rate=args.keep_rate)
     print(f"wrote {path}")
     return 0
-
-
-FORMATS = ("onnx", "torchscript", "export", "safetensors")  # tools.export.FORMATS, without importing torch
 
 
 def add_commands(sub) -> None:

@@ -53,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
     args.argv = argv  # recorded by commands that write how they were run
-    from ..training.loop import TrainingError  # after parsing: --help and argument errors need no torch
+    from ..training.errors import TrainingError
 
     try:
         return args.func(args)

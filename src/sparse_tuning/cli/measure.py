@@ -3,7 +3,6 @@ trained run across keep rates)."""
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shlex
 import sys
@@ -25,60 +24,36 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..tools.bench import BenchSetup, bench_rows, machine_name, markdown_table, run_accuracies, run_bench, \
+    from ..tools.bench import BenchSetup, bench_meta, bench_rows, bench_table, run_accuracies, run_bench, \
         split_row, write_bench
     from ..training.devices import resolve_device
 
     methods = list(bench_rows()) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         split_row(m)
-    device = resolve_device(args.device)
     if args.weights and not Path(args.weights).is_file():
         raise FileNotFoundError(f"weights file not found: {args.weights}")
-    setup = BenchSetup(args.model, args.img_size, args.batch_size, device, args.amp, weights=args.weights)
+    setup = BenchSetup(args.model, args.img_size, args.batch_size, resolve_device(args.device), args.amp,
+                       weights=args.weights)
     accuracy = run_accuracies(args.runs) if args.runs else None
-    say = lambda line: print(line, file=sys.stderr, flush=True)
     rows = run_bench(setup, methods, args.rounds, args.warmup, memory=not args.no_memory, accuracy=accuracy,
-                     progress=say)
-    meta = {"command": "sparse-tuning " + shlex.join(args.argv),
-            "date": datetime.date.today().isoformat(), "machine": machine_name(device), "torch": torch.__version__,
-            "setup": setup.__dict__, "rounds": args.rounds, "warmup": args.warmup,
-            "memory": "cuda max_memory_allocated" if device.startswith("cuda") else
-                      "peak RSS of a fresh process during the phase minus RSS before it (VmHWM)"}
-    print(markdown_table(rows))
-    write_bench(args.out, meta, rows)
+                     progress=_say)
+    print(bench_table(rows))
+    write_bench(args.out, bench_meta(setup, "sparse-tuning " + shlex.join(args.argv), args.rounds, args.warmup), rows)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..tools.sweep import keep_rate_sweep, sweep_markdown
-    from ..tools.visualize import keep_rate_plot
-    from ..training.devices import resolve_device
-    from ..training.run import load_eval_data, load_run
+    from ..tools.sweep import sweep_run
 
     rates = [float(r) for r in args.keep_rates.split(",") if r.strip()]
-    device = resolve_device(args.device)
-    model, cfg = load_run(args.run)
-    if getattr(model, "sparse_tuning", None) is None or not model.sparse_tuning.sparsify_at:
-        raise ValueError(f"sweep needs a run that sparsifies tokens; this one used --method {cfg.method}")
-    if cfg.video.frames:
-        raise ValueError("sweep measures image runs; for a video run, use eval --keep-rate")
-    images = load_eval_data(model, cfg, args.data)  # loaded once, evaluated at every keep rate
-    model.to(device).eval()
-    say = lambda line: print(line, file=sys.stderr, flush=True)
-    rows = keep_rate_sweep(model, images.eval, rates, args.batch_size, device, cfg.train.amp,
-                           timing_rounds=args.rounds, progress=say)
-    table = sweep_markdown(rows)
-    print(table)
-    out = Path(args.out or args.run)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (out / "sweep.md").write_text(table + "\n")
-    keep_rate_plot(rows, out / "sweep.png", title=f"{cfg.model}, {cfg.method} run: accuracy across keep rates "
-                                             f"({rows[0]['images']} {images.eval_split} images)")
+    print(sweep_run(args.run, rates, args.data, args.batch_size, args.device, args.rounds, args.out, progress=_say))
     return 0
+
+
+def _say(line: str) -> None:
+    """Progress of a long measurement, on stderr (stdout holds the table)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def add_flops_command(sub) -> None:

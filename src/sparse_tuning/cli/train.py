@@ -41,8 +41,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = eval_run(args.run, args.data, args.keep_rate, args.device, args.batch_size)
     print(f"{result['split']}: top-1 {result['top1']:.2f}{top5_text(result, ' ')}  "
           f"({result['images']} images, keep rate {result['keep_rate']})")
-    name = f"eval-{result['split']}" + (f"-keep{args.keep_rate}" if args.keep_rate is not None else "")
-    (Path(args.run) / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

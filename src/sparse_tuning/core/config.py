@@ -20,7 +20,7 @@ PAPER_SPARSIFY_AT = (3, 6, 9)
 class SparseTuningConfig:
     # Share of the non-prefix tokens each sparsification step keeps: ceil(keep_rate * M), in (0, 1].
     keep_rate: float = 0.7
-    # 0-based block indices that sparsify after their attention; None = (3, 6, 9) scaled to depth.
+    # 0-based block indices that sparsify after their attention; unset: (3, 6, 9) scaled to the depth.
     sparsify_at: tuple[int, ...] | None = None
     # Hidden width b of each Dense Adapter (32 in the paper, 8 on VTAB-1K).
     bottleneck: int = 32

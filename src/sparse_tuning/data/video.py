@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import Dataset
 
 from .images import DataError, ImageData, SafeDataset, rgb_loader
-from .options import VIDEO_KINDS  # noqa: F401  (re-exported)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

@@ -2,7 +2,6 @@
 host; ``host_named(model_name)`` the host that builds a model of that name."""
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Optional
 
 import torch
@@ -11,26 +10,31 @@ import torch.nn as nn
 from .base import Host, original_class
 
 
-@lru_cache(maxsize=None)
-def all_hosts() -> tuple[Host, ...]:
-    from .timm_host import TimmHost
+from .timm_host import TimmHost  # registers the small ViTs with timm too
 
-    return (TimmHost(),)
+HOSTS: tuple[Host, ...] = (TimmHost(),)  # a new host: one module implementing Host, one entry here
+
+
+def all_hosts() -> tuple[Host, ...]:
+    return HOSTS
 
 
 def host_for(model: nn.Module) -> Host:
-    """The host of a model (a video wrapper answers for its image model: ``model.vit``)."""
-    model = getattr(model, "vit", model)
-    for host in all_hosts():
+    """The host of a model (its own video wrapper included)."""
+    for host in HOSTS:
         if host.owns(model):
             return host
-    raise ValueError(f"{type(model).__name__} is not a timm VisionTransformer, the model Sparse-Tuning serves "
-                     "(timm.models.vision_transformer.VisionTransformer or a subclass such as DeiT's)")
+    raise ValueError(f"{type(model).__name__} is not " + ", nor ".join(host.serves for host in HOSTS)
+                     + ": the models Sparse-Tuning serves")
 
 
 def host_named(model_name: str) -> Host:
-    """The host that builds ``model_name`` (every name is a timm name today)."""
-    return all_hosts()[0]
+    """The host that builds ``model_name``; an unknown name is one line with close names."""
+    for host in HOSTS:
+        if host.knows(model_name):
+            return host
+    HOSTS[0].check_name(model_name)  # raises, with the names closest to it
+    raise ValueError(f"unknown model {model_name!r}")
 
 
 def build_architecture(name: str, img_size: Optional[int] = None, num_classes: Optional[int] = None,

@@ -1,13 +1,13 @@
 """What a host is: the one place that reads a host library's model (timm's ViT today).
 
-Everything above the hosts (methods, data, training, tools, CLI) asks the model's host, found
+Everything built on the hosts (methods, data, training, tools, CLI) asks the model's host, found
 with ``hosts.host_for(model)`` or ``hosts.host_named(name)``, instead of reading attributes such
 as ``patch_embed`` or ``cls_token`` itself; adding a host is one module implementing ``Host``
 and one line in ``hosts/__init__.py``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,11 @@ class Host:
     """The questions the rest of the package asks about a model, and the changes it asks for."""
 
     name: str = ""
+    serves: str = ""  # what it serves, for the error that refuses another model
+
+    def image_model(self, model: nn.Module) -> nn.Module:
+        """The image model inside this host's video wrapper; the model itself otherwise."""
+        return model
 
     # --- which models ----------------------------------------------------------------------
     def owns(self, model: nn.Module) -> bool:
@@ -31,6 +36,10 @@ class Host:
         raise NotImplementedError
 
     # --- building ----------------------------------------------------------------------------
+    def knows(self, name: str) -> bool:
+        """Whether the host builds a model of this name."""
+        raise NotImplementedError
+
     def check_name(self, name: str) -> None:
         """Raise ValueError (with close names) if the host has no model of that name."""
         raise NotImplementedError

@@ -19,9 +19,21 @@ from .timm_vit import check_supported, patch_vit
 
 class TimmHost(Host):
     name = "timm"
+    serves = ("a timm VisionTransformer (timm.models.vision_transformer.VisionTransformer or a subclass "
+              "such as DeiT's), or its video wrapper")
 
     def owns(self, model: nn.Module) -> bool:
-        return isinstance(model, VisionTransformer)
+        from .timm_video import VideoViT
+
+        return isinstance(model, (VisionTransformer, VideoViT))
+
+    def image_model(self, model: nn.Module) -> nn.Module:
+        from .timm_video import VideoViT
+
+        return model.vit if isinstance(model, VideoViT) else model
+
+    def knows(self, name: str) -> bool:
+        return timm.is_model(name)
 
     def check_supported(self, model: nn.Module) -> None:
         check_supported(model)
@@ -79,24 +91,31 @@ class TimmHost(Host):
                              f"unexpected {result.unexpected_keys[:5]}")
 
     def blocks(self, model: nn.Module) -> nn.Sequential:
+        model = self.image_model(model)
         return model.blocks
 
     def width(self, model: nn.Module) -> int:
+        model = self.image_model(model)
         return int(model.embed_dim)
 
     def num_heads(self, model: nn.Module) -> int:
+        model = self.image_model(model)
         return int(model.blocks[0].attn.num_heads)
 
     def num_prefix_tokens(self, model: nn.Module) -> int:
+        model = self.image_model(model)
         return int(model.num_prefix_tokens)
 
     def patch_size(self, model: nn.Module) -> tuple[int, int]:
+        model = self.image_model(model)
         return tuple(model.patch_embed.patch_size)
 
     def input_size(self, model: nn.Module) -> tuple[int, int, int]:
+        model = self.image_model(model)
         return (model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
 
     def check_input_size(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
+        model = self.image_model(model)
         if len(input_size) != 3:
             raise ValueError(f"input_size={input_size!r}: expected (channels, height, width)")
         embed = model.patch_embed
@@ -115,16 +134,20 @@ class TimmHost(Host):
                 "or dynamic_img_size=True")
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        model = self.image_model(model)
         return [m for m in model.modules() if hasattr(m, "fused_attn")]
 
     def classifier(self, model: nn.Module) -> list[nn.Module]:
+        model = self.image_model(model)
         heads = model.get_classifier()  # DeiT's distilled models have two
         return list(heads) if isinstance(heads, (tuple, list)) else [heads]
 
     def classifier_classes(self, model: nn.Module) -> int:
+        model = self.image_model(model)
         return int(model.num_classes)
 
     def data_config(self, model: nn.Module) -> dict[str, Any]:
+        model = self.image_model(model)
         from timm.data import resolve_data_config
 
         cfg = resolve_data_config({}, model=model)

@@ -10,8 +10,6 @@ frames: every frame through the image model on its own; the class-token features
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -40,7 +40,7 @@ class TrainHook:
 @dataclass(frozen=True)
 class Method:
     name: str
-    help: str                               # one line: --help, error messages, the README table
+    help: str                               # one line: --method's help and `sparse-tuning methods`
     # Changes the model in place and sets requires_grad on exactly what trains:
     # prepare(model, sparse_tuning_config_or_None, options) where options is this method's dataclass.
     prepare: Callable[..., None]
@@ -49,7 +49,7 @@ class Method:
     # The SparseTuningConfig the method runs, from the user's keep rate and Sparse-Tuning fields;
     # None: the method ignores those fields (and a keep rate is an error).
     sparse_tuning_config: Optional[Callable[..., "SparseTuningConfig"]] = None
-    reduces_tokens: bool = False            # a keep rate applies: sweep, visualize, eval --keep-rate
+    reduces_tokens: bool = False            # it sparsifies tokens while training (--keep-rate-warmup applies)
     saves_adapters: bool = False            # the run also writes the portable adapters.safetensors
     trains_backbone: bool = False           # every backbone weight moves (recipes give it a lower lr)
     without_adapters: Optional[str] = None  # the method that --no-adapters makes of this one

@@ -7,9 +7,7 @@ from .base import Method, register, train_only
 def _prepare(model, config, options) -> None:
     from ..hosts import host_for
 
-    host = host_for(model)
-    host.check_supported(model)
-    train_only(model, host.classifier(model))
+    train_only(model, host_for(model).classifier(model))
 
 
 register(Method("linear", "linear probe: only the classifier trains", _prepare, order=10))

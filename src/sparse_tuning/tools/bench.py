@@ -24,7 +24,7 @@ from ..hosts import build_architecture, host_for
 from ..methods import get_method, method_names, prepare
 from ..training.devices import autocast
 from .flops import flop_report
-from .tables import markdown_table as table
+from .tables import markdown_table
 from .timing import interleaved_medians, synchronize, time_call
 
 REFERENCE = "sparse-tuning"  # the method every ratio column compares with
@@ -168,11 +168,11 @@ def measure_phases(setup: BenchSetup, method: str, phases: tuple[str, ...]) -> l
 
 
 def run_bench(setup: BenchSetup, methods: list[str], rounds: int = 10, warmup: int = 2,
-              memory: bool = True, accuracy: Optional[dict[str, tuple[float, str]]] = None,
+              memory: bool = True, accuracy: Optional[dict[str, dict[str, Any]]] = None,
               progress: Optional[Callable[[str], None]] = None) -> list[dict[str, Any]]:
     """One row per method: parameters, GFLOPs, time, memory, and ratios to sparse-tuning's.
 
-    accuracy: method -> (top-1, the run it comes from); progress: called with a line per stage.
+    accuracy: method -> run_accuracies' entry; progress: called with a line per stage.
     """
     say = progress or (lambda line: None)
     for m in methods:
@@ -195,7 +195,7 @@ def run_bench(setup: BenchSetup, methods: list[str], rounds: int = 10, warmup: i
             row["train_memory_mb"] = measure_memory(setup, m, "train") / 2 ** 20
             row["infer_memory_mb"] = measure_memory(setup, m, "infer") / 2 ** 20
         if accuracy and m in accuracy:
-            row["top1"], row["top1_run"] = accuracy[m]
+            row.update(accuracy[m])
         rows.append(row)
     ref = next((r for r in rows if r["method"] == REFERENCE), None)
     if ref is not None:
@@ -216,11 +216,17 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def bench_table(rows: list[dict[str, Any]]) -> str:
+    """The bench rows as a Markdown table, then where each accuracy comes from."""
     cols = [c for c in COLUMNS if any(c[0] in r for r in rows)]
-    body = [[f.format(r[k]) if k in r else "" for k, _, f in cols] for r in rows]
-    text = table([h for _, h, _ in cols], body, right=[k != "method" for k, _, _ in cols])
-    sources = [f"- top-1 of {r['method']}: best test top-1 of the run `{r['top1_run']}`" for r in rows if "top1_run" in r]
+    cell = lambda r, k, f: (f"{r['top1']:.2f} ± {r['top1_sd']:.2f}" if k == "top1" and "top1_sd" in r
+                            else f.format(r[k]) if k in r else "")
+    text = markdown_table([h for _, h, _ in cols], [[cell(r, k, f) for k, _, f in cols] for r in rows],
+                          right=[k != "method" for k, _, _ in cols])
+    sources = [f"- top-1 of {r['method']}: best test top-1 of "
+               + (f"the run `{r['runs'][0]}`" if len(r["runs"]) == 1 else
+                  f"{len(r['runs'])} runs (mean ± sd): " + ", ".join(f"`{x}`" for x in r["runs"]))
+               for r in rows if "runs" in r]
     return text + ("\n\n" + "\n".join(sources) if sources else "")
 
 
@@ -267,20 +273,25 @@ def machine_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads ({platform.platform()})"
 
 
-def run_accuracies(run_dirs: list[str]) -> dict[str, tuple[float, str]]:
-    """Best test top-1 of trained runs, by method, with the run each comes from; two runs of one
-    method are an error (which one would the table show?)."""
+def run_accuracies(run_dirs: list[str]) -> dict[str, dict[str, Any]]:
+    """Best test top-1 of trained runs by method: {"top1": mean over the method's runs, "top1_sd"
+    (with two runs or more), "runs": the run folders it comes from}."""
+    import statistics
+
     from ..training.config import read_run_config
 
-    out: dict[str, tuple[float, str]] = {}
+    found: dict[str, list[tuple[float, str]]] = {}
     for run in run_dirs:
         cfg = read_run_config(run)
         results = Path(run) / "results.json"
         if not results.is_file():
             raise FileNotFoundError(f"{results} not found: the run has not finished")
-        if cfg.method in out:
-            raise ValueError(f"--runs has two runs of --method {cfg.method} ({out[cfg.method][1]}, {run}); give one")
-        out[cfg.method] = (json.loads(results.read_text())["best"]["top1"], str(run))
+        found.setdefault(cfg.method, []).append((json.loads(results.read_text())["best"]["top1"], str(run)))
+    out = {}
+    for method, runs in found.items():
+        values = [v for v, _ in runs]
+        out[method] = {"top1": statistics.mean(values), "runs": [r for _, r in runs],
+                       **({"top1_sd": statistics.stdev(values)} if len(values) > 1 else {})}
     return out
 
 
@@ -291,7 +302,7 @@ def bench_markdown(meta: dict, rows: list[dict]) -> str:
              f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
              f"- torch: {meta['torch']}",
              f"- timing: median of {meta['rounds']} interleaved rounds after {meta['warmup']} warm-up round(s)",
-             f"- memory: {meta['memory']}", "", markdown_table(rows), ""]
+             f"- memory: {meta['memory']}", "", bench_table(rows), ""]
     return "\n".join(lines)
 
 
@@ -310,3 +321,13 @@ def write_bench(out: str | Path, meta: dict, rows: list[dict]) -> Path:
     setup = meta["setup"]
     plot(rows, str(out / "bench.png"), f"{setup['model']} on {meta['machine']}, batch {setup['batch_size']}")
     return out
+
+
+def bench_meta(setup: BenchSetup, command: str, rounds: int, warmup: int) -> dict:
+    """How a bench was measured: command, date, machine, versions, timing and memory rules."""
+    import datetime
+
+    return {"command": command, "date": datetime.date.today().isoformat(), "machine": machine_name(setup.device),
+            "torch": torch.__version__, "setup": setup.__dict__, "rounds": rounds, "warmup": warmup,
+            "memory": "cuda max_memory_allocated" if setup.device.startswith("cuda") else
+                      "peak RSS of a fresh process during the phase minus RSS before it (VmHWM)"}

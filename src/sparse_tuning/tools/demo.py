@@ -136,7 +136,9 @@ def finetune(method: str, backbone: dict[str, torch.Tensor], data: ImageData, pl
              log: Callable[[str], None]) -> tuple[torch.nn.Module, dict]:
     """One method through the normal training loop, from the same backbone and recipe as the others."""
     model = new_model(data.num_classes)
-    model.load_state_dict({k: v for k, v in backbone.items() if not k.startswith("head.")}, strict=False)
+    head = {name for name, p in model.named_parameters()
+            if any(p is q for h in host_for(model).classifier(model) for q in h.parameters())}
+    model.load_state_dict({k: v for k, v in backbone.items() if k not in head}, strict=False)  # a new head
     prepare(model, method)
     lr = FULL_LR if get_method(method).trains_backbone else FINETUNE_LR
     cfg = TrainConfig(epochs=plan.finetune_epochs, batch_size=plan.batch_size, lr=lr, warmup_epochs=0.2,
@@ -164,7 +166,7 @@ def inference_throughput(models: dict[str, torch.nn.Module], x: torch.Tensor, ro
 
 
 def peak_memory_mb(method: str, batch_size: int) -> dict[str, float]:
-    """Inference, then training peak of the method in one fresh process (see bench.py)."""
+    """Inference, then training peak of the method in one fresh process (see tools/bench.py)."""
     from .bench import BenchSetup, measure_phases
 
     setup = BenchSetup(MODEL, batch_size=batch_size, num_classes=len(TASKS["target"]))

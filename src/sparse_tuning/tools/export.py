@@ -16,13 +16,12 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from ..api import set_keep_rate
 from ..files import atomic_write_bytes
 from ..hosts import build_architecture, host_for
 from ..methods import get_method, prepare
 from ..training.config import RunConfig
-from ..training.run import load_run, set_keep_rate
-
-FORMATS = ("onnx", "torchscript", "export", "safetensors")
+from .options import EXPORT_FORMATS as FORMATS
 MODEL_FORMAT = "sparse-tuning-model/1"
 
 
@@ -68,6 +67,8 @@ def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | P
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, keep_rate: Optional[float] = None) -> Path:
+    from ..training.run import load_run  # the training code only to rebuild a run, not for load_model
+
     model, cfg = load_run(run_dir, keep_rate)
     if keep_rate is not None:
         cfg = dataclasses.replace(cfg, sparse_tuning=dataclasses.replace(cfg.sparse_tuning, keep_rate=keep_rate))

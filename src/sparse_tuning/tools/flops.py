@@ -82,7 +82,7 @@ def flop_report(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
         tokens = list(st.last_tokens)
     else:
         n = _num_tokens(model, input_size)
-        tokens = [(n, n)] * len(getattr(model, "blocks", []))
+        tokens = [(n, n)] * len(host_for(model).blocks(model))
     return FlopReport(gflops, tokens)
 
 

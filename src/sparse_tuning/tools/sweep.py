@@ -55,3 +55,35 @@ def sweep_markdown(rows: Sequence[dict[str, Any]], flops_scale: float = 1.0, flo
             + [f"{flops_scale * r['gflops']:.3f}" if flops_scale == 1 else f"{flops_scale * r['gflops']:.1f}"]
             + ([f"{r['images_per_s']:.1f}"] if speed else []) for r in rows]
     return markdown_table(header, body, right=[True] * len(header))
+
+
+def sweep_run(run_dir, rates: Sequence[float], data: Optional[str] = None, batch_size: int = 32,
+              device: str = "auto", timing_rounds: int = 5, out=None, progress=None) -> str:
+    """A trained run across keep rates; writes sweep.json, sweep.md and sweep.png into ``out``
+    (the run folder by default) and returns the table."""
+    import json
+    from pathlib import Path
+
+    from ..files import atomic_write_bytes
+    from ..training.devices import resolve_device
+    from ..training.run import load_eval_data, load_run
+    from .visualize import keep_rate_plot
+
+    device = resolve_device(device)
+    model, cfg = load_run(run_dir)
+    st = getattr(model, "sparse_tuning", None)
+    if st is None or not st.sparsify_at:
+        raise ValueError(f"sweep needs a run that sparsifies tokens; this one used --method {cfg.method}")
+    if cfg.video.frames:
+        raise ValueError("sweep measures image runs; for a video run, use eval --keep-rate")
+    images = load_eval_data(model, cfg, data)  # loaded once, evaluated at every keep rate
+    model.to(device).eval()
+    rows = keep_rate_sweep(model, images.eval, rates, batch_size, device, cfg.train.amp,
+                           timing_rounds=timing_rounds, progress=progress)
+    table = sweep_markdown(rows)
+    out = Path(out or run_dir)
+    atomic_write_bytes(out / "sweep.json", (json.dumps(rows, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "sweep.md", (table + "\n").encode())
+    keep_rate_plot(rows, out / "sweep.png", title=f"{cfg.model}, {cfg.method} run: accuracy across keep rates "
+                                             f"({rows[0]['images']} {images.eval_split} images)")
+    return table

@@ -23,6 +23,7 @@ from typing import Any, Literal, Optional
 
 from ..core.config import SparseTuningConfig
 from ..data.options import AUGMENTS, VIDEO_KINDS, VideoConfig
+from .validate import check_values
 from ..methods import get_method, method_config, method_names, option_owners, validate_options
 
 AMPS = ("bf16", "fp16", "off")
@@ -62,16 +63,15 @@ class TrainConfig:
             raise ValueError("lr must be > 0; min_lr, weight_decay and warmup_epochs must be >= 0")
         if self.save_every < 0 or self.num_workers < 0 or self.keep_rate_warmup < 0:
             raise ValueError("save_every, num_workers and keep_rate_warmup must be >= 0")
-        if self.amp == "fp16" and not _cuda_device(self.device):
-            raise ValueError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
 
 
-def _cuda_device(device: str) -> bool:
-    if device == "auto":
+def check_machine(train: TrainConfig) -> None:
+    """What this machine must offer for a new run (not checked when a recorded run is read)."""
+    if train.amp == "fp16":
         import torch  # only here: a config without fp16 is checked without torch
 
-        return torch.cuda.is_available()
-    return device.startswith("cuda")
+        if train.device == "cpu" or not torch.cuda.is_available():
+            raise ValueError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
 
 
 @dataclass
@@ -106,7 +106,8 @@ class RunConfig:
         """A recorded config (config.json): every section as written, validated again."""
         d = dict(d)
         st = d.pop("sparse_tuning", None)
-        cfg = cls(**{k: v for k, v in d.items() if k not in ("baseline", "video", "train")},
+        known = {f.name for f in dataclasses.fields(cls)} - {"baseline", "video", "train"}
+        cfg = cls(**{k: v for k, v in d.items() if k in known},  # a key added by hand is left alone
                   sparse_tuning=SparseTuningConfig.from_dict(st) if st else None,
                   baseline=validate_options(d.get("baseline") or {}),
                   video=VideoConfig(**(d.get("video") or {})), train=TrainConfig(**(d.get("train") or {})))
@@ -192,10 +193,17 @@ def resolve_config(*layers: dict[str, Any]) -> RunConfig:
     if fields.pop("adapters", True) is False:  # --no-adapters: sparse-tuning becomes ts-only
         method = get_method(method).without_adapters or method
     top = {k: v for k, v in merged.items() if k not in SECTIONS}
+    check_values(RunConfig, top)
+    for section, cls in (("sparse_tuning", SparseTuningConfig), ("video", VideoConfig), ("train", TrainConfig)):
+        check_values(cls, merged[section], section)
+    for name, cls in option_owners().items():
+        if name in merged["baseline"]:
+            check_values(cls, {name: merged["baseline"][name]}, "baseline")
     cfg = RunConfig(**{**top, "method": method}, sparse_tuning=method_config(method, keep, **fields),
                     baseline=validate_options(merged["baseline"]), video=VideoConfig(**merged["video"]),
                     train=TrainConfig(**merged["train"]))
     check_run_config(cfg)
+    check_machine(cfg.train)
     return cfg
 
 
@@ -213,8 +221,6 @@ def check_run_config(cfg: RunConfig) -> None:
                          "needs video data")
     if cfg.train.keep_rate_warmup and not get_method(cfg.method).reduces_tokens:
         raise ValueError(f"keep_rate_warmup anneals the keep rate; --method {cfg.method} keeps every token")
-    if cfg.preset is not None and cfg.preset not in PRESETS:
-        raise ValueError(f"preset {cfg.preset!r}: expected one of {', '.join(PRESETS)}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

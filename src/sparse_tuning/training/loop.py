@@ -25,12 +25,9 @@ from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_chec
 from .config import TrainConfig
 from .devices import autocast, resolve_device
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
+from .errors import TrainingError
 from .evaluate import evaluate, top5_text
 from .progress import MetricsLog, Progress
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a NaN loss, an incompatible checkpoint); the message says why."""
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
@@ -77,6 +74,10 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
+        if hook is None and cfg.keep_rate_warmup:
+            raise ValueError("keep_rate_warmup is the method's schedule: pass hook=get_method(name).train_hook")
+        if cfg.amp == "fp16" and not self.device.startswith("cuda"):
+            raise ValueError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
         self.hook = hook(model, cfg, self.steps_per_epoch) if hook is not None else TrainHook()
 
         model.to(self.device)

@@ -17,17 +17,13 @@ import torch
 import torch.nn as nn
 
 from ..adapter_io import save_adapters
+from ..api import set_keep_rate
 from ..files import atomic_write_bytes
 from ..hosts import build_architecture, host_for, host_named
 from ..methods import get_method, prepare
 from .checkpoint import load_trainable, save_trainable
-from .config import RunConfig, load_config_file, read_run_config, resolve_config  # noqa: F401  (re-exported)
+from .config import RunConfig, read_run_config, resolve_config
 from .loop import evaluate, resolve_device, train
-
-
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """A local checkpoint into the backbone (see the host's load_weights)."""
-    host_for(model).load_weights(model, path)
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
@@ -80,7 +76,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
     if _is_main():
         save_trainable(model, run_dir / "trainable.safetensors", meta)
         if method.saves_adapters:  # the portable file for sparse_tuning.load_adapters
-            save_adapters(getattr(model, "vit", model), run_dir / "adapters.safetensors")
+            save_adapters(host_for(model).image_model(model), run_dir / "adapters.safetensors")
         results = {"eval_split": data.eval_split, **results,
                    "note": "final = last epoch; best = highest top-1 over the evaluated epochs"}
         atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
@@ -94,14 +90,6 @@ def pretrained_with_sparsification(name: str, weights: str | None, img_size: int
     cfg = resolve_config({"model": name, "weights": weights, "img_size": img_size, "method": "ts-only",
                           "sparse_tuning": {} if keep_rate is None else {"keep_rate": keep_rate}})
     return build_model(cfg, num_classes=0).eval()
-
-
-def set_keep_rate(model: nn.Module, keep_rate: float, method: str) -> None:
-    """The inference keep rate of a model that sparsifies tokens; an error for one that does not."""
-    st = getattr(model, "sparse_tuning", None)
-    if st is None or not st.sparsify_at:
-        raise ValueError(f"--keep-rate applies to models that sparsify tokens, not to --method {method}")
-    st.keep_rate = keep_rate
 
 
 def load_run(run_dir: str | Path, keep_rate: Optional[float] = None) -> tuple[nn.Module, RunConfig]:
@@ -119,20 +107,39 @@ def load_run(run_dir: str | Path, keep_rate: Optional[float] = None) -> tuple[nn
 
 def load_eval_data(model: nn.Module, cfg: RunConfig, data: Optional[str] = None):
     """A run's data (or another spec), checked against the number of classes it was trained on."""
-    images = load_data(cfg, getattr(model, "vit", model), data)
+    images = load_data(cfg, host_for(model).image_model(model), data)
     if images.num_classes != cfg.num_classes:
         raise ValueError(f"the data has {images.num_classes} classes; the run was trained on {cfg.num_classes}")
+    if cfg.classes and list(images.classes) != list(cfg.classes):
+        differ = [f"{i}: {a!r} here, {b!r} in the run" for i, (a, b) in enumerate(zip(images.classes, cfg.classes))
+                  if a != b]
+        raise ValueError(f"the data's classes are not the run's (label {differ[0]}); its accuracy would be "
+                         "measured against the wrong names")
     return images
 
 
 def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optional[float] = None,
-             device: str = "auto", batch_size: int = 128) -> dict[str, Any]:
+             device: str = "auto", batch_size: int = 128, write: bool = True) -> dict[str, Any]:
+    """Evaluate a trained run (on its data or on ``data``); with ``write``, the result goes to
+    RUN_DIR/eval-SPLIT[-keepRATE][-DATA].json, DATA a short hash of another data spec, so an
+    evaluation on other data never overwrites one on the run's."""
+    import hashlib
+
+    from ..files import atomic_write_bytes
+
     model, cfg = load_run(run_dir, keep_rate)
     device = resolve_device(device)
     images = load_eval_data(model, cfg, data)
     result = evaluate(model.to(device), images.eval, batch_size, device, cfg.train.amp)
     st = getattr(model, "sparse_tuning", None)
-    result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0)
+    spec = data or cfg.data
+    result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0, data=spec)
+    if write:
+        name = f"eval-{result['split']}" + (f"-keep{keep_rate}" if keep_rate is not None else "")
+        if data and data != cfg.data:
+            name += "-" + hashlib.sha1(data.encode()).hexdigest()[:8]
+        result["file"] = str(Path(run_dir) / f"{name}.json")
+        atomic_write_bytes(result["file"], (json.dumps(result, indent=1) + "\n").encode())
     return result
 
 
