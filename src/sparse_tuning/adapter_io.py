@@ -6,6 +6,7 @@ any weight is touched, never a silent partial load.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -59,6 +60,31 @@ def read_adapter_metadata(path: str | os.PathLike) -> tuple[SparseTuningConfig, 
     return SparseTuningConfig.from_dict(json.loads(meta["config"])), json.loads(meta["backbone"])
 
 
+def meta_copy(model: nn.Module) -> nn.Module:
+    """The model's structure with every parameter and buffer on the meta device: no memory."""
+    memo = {id(t): (nn.Parameter(torch.empty_like(t, device="meta"), t.requires_grad)
+                    if isinstance(t, nn.Parameter) else torch.empty_like(t, device="meta"))
+            for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def check_tensors(path, params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The file's tensors, if their names and shapes are exactly ``params``'."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} cannot be read: {e}") from None
+    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match this model's trainable weights: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [f"{k}: file {tuple(t.shape)}, model {tuple(params[k].shape)}"
+             for k, t in tensors.items() if t.shape != params[k].shape]
+    if wrong:
+        raise ValueError(f"{path} has weights of other shapes: " + "; ".join(wrong[:5]))
+    return tensors
+
+
 def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load an adapter file onto a backbone; returns the model.
 
@@ -80,17 +106,12 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         if diff:
             raise ValueError(f"{path} was saved with another Sparse-Tuning config: " + "; ".join(diff))
     else:
+        # Check the file against what applying its config would make, on a weightless copy, so
+        # that a refused file leaves the model as it was (not patched, not frozen).
+        check_tensors(path, dict(trainable_named_parameters(apply(meta_copy(model), config))))
         apply(model, config)
-    tensors = load_file(str(path))
     params = dict(trainable_named_parameters(model))
-    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match this model's trainable weights: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    wrong = [f"{k}: file {tuple(t.shape)}, model {tuple(params[k].shape)}"
-             for k, t in tensors.items() if t.shape != params[k].shape]
-    if wrong:
-        raise ValueError(f"{path} has weights of other shapes: " + "; ".join(wrong[:5]))
+    tensors = check_tensors(path, params)
     with torch.no_grad():
         for name, t in tensors.items():
             params[name].copy_(t)

@@ -6,6 +6,7 @@ mistakes print one line and exit 2, no traceback; a bug keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Optional, Sequence
 
@@ -53,16 +54,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
     args.argv = argv  # recorded by commands that write how they were run
-    from ..training.errors import TrainingError
+    from ..training.errors import Interrupted, TrainingError
 
     try:
         return args.func(args)
+    except Interrupted as e:  # a clean stop, with a checkpoint: the shell's code for the signal
+        print(f"sparse-tuning {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signal
+    except KeyboardInterrupt:  # a second Ctrl-C: at once, the last checkpoint stands
+        print(f"sparse-tuning {args.command}: interrupted; the last checkpoint stands (--resume continues from it)",
+              file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, TrainingError) as e:  # DataError is a ValueError
-        message = str(e).strip()
-        if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep its last line
-            message = message.splitlines()[-1].split(": ", 1)[-1]
-        print(f"sparse-tuning {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _one_line(args.command, str(e))
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise  # a bug, or a fault of this machine: keep the traceback
+        return _one_line(args.command, f"{e.filename or ''}: {e.strerror}".lstrip(": "))
+
+
+# The machine refuses what the user asked of it: a read-only or full output folder, a path that
+# is a file where a folder is needed.
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                  errno.EISDIR, errno.ENAMETOOLONG}
+
+
+def _one_line(command: str, message: str) -> int:
+    message = message.strip()
+    if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep its last line
+        message = message.splitlines()[-1].split(": ", 1)[-1]
+    print(f"sparse-tuning {command}: error: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -6,27 +6,26 @@ import argparse
 import json
 from pathlib import Path
 
+from ..files import atomic_write_text
 from .options import add_run_options, given_run_options, option_layers
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training.config import read_run_config, resolve_config
+    from ..training.config import resolve_config
     from ..training.evaluate import top5_text
-    from ..training.run import train_run
+    from ..training.run import RESUME_CHANGES, resume_config, train_run
 
     if args.resume:
-        if given_run_options(args) or args.out or args.config:
-            raise ValueError("--resume RUN_DIR continues a run with its own config.json; give no other options")
-        cfg = read_run_config(args.resume)
-        results = train_run(cfg, args.resume, resume=True)
+        changes = {k: getattr(args, f"train.{k}") for k in RESUME_CHANGES if hasattr(args, f"train.{k}")}
+        others = [k for k in given_run_options(args) if k.partition(".")[2] not in changes]
+        if others or args.out or args.config:
+            raise ValueError("--resume RUN_DIR continues a run with its own config.json; it takes no other "
+                             "options than " + ", ".join("--" + c.replace("_", "-") for c in RESUME_CHANGES))
+        results = train_run(resume_config(args.resume, **changes), args.resume, resume=True)
     else:
         if not args.out:
             raise ValueError("train needs --out RUN_DIR (where the run is written)")
-        out = Path(args.out)
-        if (out / "checkpoints").exists() or (out / "results.json").exists():
-            raise ValueError(f"{out} already holds a run; continue it with --resume {out} or choose another --out")
-        cfg = resolve_config(*option_layers(args))
-        results = train_run(cfg, out)
+        results = train_run(resolve_config(*option_layers(args)), Path(args.out))
     if results.get("final"):
         final, best = results["final"], results["best"]
         print(f"final (epoch {final['epoch']}): top-1 {final['top1']:.2f}{top5_text(final, ' ')}; "
@@ -50,7 +49,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     preds = predict_run(args.run, args.images, args.top_k, args.keep_rate, args.device)
     text = json.dumps(preds, indent=1)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        atomic_write_text(args.output, text + "\n")
     print(text)
     return 0
 

@@ -73,11 +73,34 @@ class ImageData:
 
 
 def rgb_loader(path: str | Path) -> Image.Image:
-    """Open an image as RGB (grayscale, palette and RGBA images are converted)."""
+    """Open an image as RGB (grayscale, palette and RGBA images are converted; 16-bit and 32-bit
+    grayscale are scaled to 8 bits, where PIL's own conversion would clip them to white)."""
     with open(path, "rb") as f:
         img = Image.open(f)
         img.load()
+    if img.mode.startswith("I"):
+        import numpy as np
+
+        values = np.asarray(img, dtype=np.float64)
+        bits = 16 if img.mode.startswith("I;16") or values.max() < 65536 else 32
+        img = Image.fromarray((values / (2 ** bits - 1) * 255).round().clip(0, 255).astype(np.uint8), "L")
     return img.convert("RGB")
+
+
+def user_image_paths(paths: list[str | Path]) -> list[Path]:
+    """The images a user named: files as given, folders as the image files inside them (sorted)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMG_EXTENSIONS)
+            if not found:
+                raise DataError(f"{p} is a folder with no image files ({', '.join(IMG_EXTENSIONS[:4])}, ...)")
+            out += found
+        else:
+            out.append(p)
+    return out
 
 
 def read_user_image(path: str | Path) -> Image.Image:
@@ -155,6 +178,15 @@ class SeededDataset(Dataset):
                 random.setstate(py_state)
 
 
+def quiet_worker(worker_id: int) -> None:
+    """A DataLoader worker leaves SIGINT and SIGTERM to the main process, which stops the run
+    cleanly (a Ctrl-C reaches every process of the terminal's group)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def collate_skipping(batch: list[Any]):
     """Default collation of the readable samples; returns (images, labels, number skipped)."""
     good = [b for b in batch if b is not None]
@@ -190,19 +222,60 @@ def make_transforms(model: torch.nn.Module, augment: str) -> tuple[Callable, Cal
 
 # --- the dataset kinds --------------------------------------------------------------------------
 
-def _folder(spec: DataSpec, train_tf, eval_tf) -> ImageData:
+def scan_class_folders(directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
+                       allow_empty: bool = False) -> list[tuple[str, int]]:
+    """torchvision's ImageFolder listing, but a symlinked folder already seen (a loop such as
+    ``class_0/loop -> ..``, or one folder linked twice) is listed once, not followed again."""
+    import os
+
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    valid = is_valid_file or (lambda p: has_file_allowed_extension(p, extensions or IMG_EXTENSIONS))
+    samples = []
+    for name in sorted(class_to_idx):
+        seen: set[str] = set()
+        for current, dirs, files in os.walk(os.path.join(directory, name), followlinks=True):
+            real = os.path.realpath(current)
+            if real in seen:
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs.sort()
+            samples += [(os.path.join(current, f), class_to_idx[name]) for f in sorted(files)
+                        if valid(os.path.join(current, f))]
+    present = {index for _, index in samples}
+    empty = sorted(name for name, index in class_to_idx.items() if index not in present)
+    if empty and not allow_empty:
+        raise FileNotFoundError(f"no image file for the class(es) {', '.join(empty[:5])} under {directory}")
+    return samples
+
+
+def _image_folder(path: Path):
     from torchvision.datasets import ImageFolder
 
+    class LoopSafeImageFolder(ImageFolder):
+        @staticmethod
+        def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+            return scan_class_folders(directory, class_to_idx, extensions, is_valid_file, allow_empty)
+
+    return LoopSafeImageFolder(str(path), loader=rgb_loader)
+
+
+def _folder(spec: DataSpec, train_tf, eval_tf, eval_only: bool = False) -> ImageData:
     root = spec.path
+    eval_split = next((s for s in ("val", "test") if (root / s).is_dir()), None)
+    if eval_only and eval_split is not None and not (root / "train").is_dir():
+        ev = _image_folder(root / eval_split)  # evaluation alone needs no training images
+        ev.transform = eval_tf
+        return ImageData(ev, ev, len(ev.classes), list(ev.classes), eval_split)
     if not (root / "train").is_dir():
         raise DataError(f"{root}/train not found: folder:PATH expects PATH/train/<class>/<image> "
                         "and PATH/val/ (or PATH/test/)")
-    eval_split = next((s for s in ("val", "test") if (root / s).is_dir()), None)
     if eval_split is None:
         raise DataError(f"neither {root}/val nor {root}/test exists; one of them holds the evaluation images")
     try:
-        train = ImageFolder(str(root / "train"), loader=rgb_loader)
-        ev = ImageFolder(str(root / eval_split), loader=rgb_loader)
+        train = _image_folder(root / "train")
+        ev = _image_folder(root / eval_split)
     except FileNotFoundError as e:
         raise DataError(f"{root}: {e}") from None
     if train.classes != ev.classes:
@@ -230,6 +303,9 @@ def read_vtab_list(task_dir: Path, name: str) -> list[tuple[Path, int]]:
         if label < 0:
             raise DataError(f"{path}:{n}: label {label} is negative")
         image = task_dir / parts[0]
+        if Path(parts[0]).is_absolute() or not image.resolve().is_relative_to(task_dir.resolve()):
+            raise DataError(f"{path}:{n}: {parts[0]!r} is outside the task folder; list files name images "
+                            "relative to it (images/...)")
         if not image.is_file():
             missing.append(parts[0])
         samples.append((image, label))
@@ -245,7 +321,17 @@ def _vtab(spec: DataSpec, train_tf, eval_tf) -> ImageData:
         raise DataError(f"VTAB task folder {spec.path} not found")
     train = read_vtab_list(spec.path, "train800val200.txt")
     test = read_vtab_list(spec.path, "test.txt")
-    num_classes = 1 + max(label for _, label in train + test)
+    # Labels are 0..K-1 with every class in the training list: a typo (5000000) or a class seen only
+    # in test.txt would otherwise build a head of that many classes, silently.
+    labels = sorted({label for _, label in train})
+    if labels != list(range(len(labels))):
+        missing = sorted(set(range(labels[-1] + 1)) - set(labels))
+        raise DataError(f"{spec.path}/train800val200.txt: labels must be 0..K-1 with every class present; "
+                        f"{len(missing)} of 0..{labels[-1]} have no image (e.g. {missing[:3]})")
+    unseen = sorted({label for _, label in test} - set(labels))
+    if unseen:
+        raise DataError(f"{spec.path}/test.txt has label(s) {unseen[:3]} that train800val200.txt never has")
+    num_classes = len(labels)
     return ImageData(ListDataset(train, train_tf), ListDataset(test, eval_tf), num_classes,
                      [str(i) for i in range(num_classes)], "test")
 
@@ -293,7 +379,7 @@ def _torchvision_kinds(spec: DataSpec, train_tf, eval_tf, download: bool) -> Ima
 
 def load_image_data(spec: str | DataSpec, model: torch.nn.Module, download: bool = False,
                     strict: bool = False, augment: str = "auto", train_samples: int = 0,
-                    eval_samples: int = 0, seed: int = 0) -> ImageData:
+                    eval_samples: int = 0, seed: int = 0, eval_only: bool = False) -> ImageData:
     """Train and evaluation datasets for a spec, with the model's transforms, unreadable-image safe.
 
     train_samples / eval_samples > 0 take a class-balanced subset of that many images, drawn
@@ -302,7 +388,7 @@ def load_image_data(spec: str | DataSpec, model: torch.nn.Module, download: bool
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     train_tf, eval_tf = make_transforms(model, augment_mode(spec, augment))
     if spec.kind == "folder":
-        data = _folder(spec, train_tf, eval_tf)
+        data = _folder(spec, train_tf, eval_tf, eval_only)
     elif spec.kind == "vtab":
         data = _vtab(spec, train_tf, eval_tf)
     elif spec.kind in ("mnist", "fashionmnist", "torchvision"):

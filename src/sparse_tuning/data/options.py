@@ -38,3 +38,20 @@ class VideoConfig:
         return ClipPlan(frames=self.frames, sampling="segment" if ssv2 else "dense", rate=self.sampling_rate,
                         test_clips=self.test_clips or (2 if ssv2 else 5), test_crops=self.test_crops or 3,
                         flip=(not ssv2) if self.flip == "auto" else self.flip == "on", size=size)
+
+
+def absolute_spec(spec: str) -> str:
+    """The data spec with its paths made absolute, so that a run folder's config.json still
+    finds the data from another working directory (resume, eval)."""
+    import os
+
+    absolute = lambda p: os.path.abspath(os.path.expanduser(p)) if p else p
+    kind, sep, rest = spec.partition(":")
+    if not sep:
+        return spec
+    if kind == "torchvision":
+        name, sep2, root = rest.partition(":")
+        return f"torchvision:{name}{sep2}{absolute(root)}"
+    if kind == "videolist":
+        return "videolist:" + ",".join(absolute(p) for p in rest.split(","))
+    return f"{kind}:{absolute(rest)}"

@@ -86,10 +86,17 @@ def frame_count(path: Path) -> int:
     import av
 
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
         if stream.frames:
             return stream.frames
         return sum(1 for _ in container.decode(stream))  # containers that do not store the count
+
+
+def _video_stream(container, path: Path):
+    """The first video stream; a file without one (audio only) is an unreadable sample."""
+    if not container.streams.video:
+        raise TooShortError(f"{path} has no video stream")
+    return container.streams.video[0]
 
 
 def read_frames(path: Path, indices: list[int]) -> np.ndarray:
@@ -112,7 +119,7 @@ def _decode(path: Path, wanted: list[int]) -> dict[int, np.ndarray]:
 
     got: dict[int, np.ndarray] = {}
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = _video_stream(container, path)
         rate = float(stream.average_rate or stream.guessed_rate or 25)
         tb = float(stream.time_base)
         start = stream.start_time or 0
@@ -201,13 +208,15 @@ def spatial_crops(frames: torch.Tensor, size: int, n: int) -> list[torch.Tensor]
     return [frames[:, :, s:s + size, left:left + size] for s in starts]
 
 
-def load_video_data(kind: str, path: str, opts: ClipPlan, strict: bool = False) -> ImageData:
+def load_video_data(kind: str, path: str, opts: ClipPlan, strict: bool = False, mean=(0.485, 0.456, 0.406),
+                    std=(0.229, 0.224, 0.225)) -> ImageData:
+    """Video datasets of a kind; frames are normalised with the backbone's mean and std."""
     train_list, eval_list = video_lists(kind, path)
     train, ev = read_list(train_list), read_list(eval_list)
     missing = [str(p) for p, _ in train + ev if not p.exists()]
     if missing:
         raise DataError(f"the video lists name {len(missing)} missing file(s), e.g. {missing[:3]}")
     num_classes = 1 + max(label for _, label in train + ev)
-    return ImageData(SafeDataset(VideoDataset(train, opts, True), strict),
-                     SafeDataset(VideoDataset(ev, opts, False), strict),
+    return ImageData(SafeDataset(VideoDataset(train, opts, True, mean, std), strict),
+                     SafeDataset(VideoDataset(ev, opts, False, mean, std), strict),
                      num_classes, [str(i) for i in range(num_classes)], "val")

@@ -69,12 +69,21 @@ class TimmHost(Host):
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
         if path.suffix == ".npz":
-            model.load_pretrained(str(path))
+            try:
+                model.load_pretrained(str(path))
+            except Exception as e:  # a damaged archive or another model's arrays
+                raise ValueError(f"{path} is not a ViT .npz this model can read "
+                                 f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
             return
         from timm.models import load_state_dict
         from timm.models.vision_transformer import checkpoint_filter_fn
 
-        state = checkpoint_filter_fn(load_state_dict(str(path)), model)
+        try:
+            state = checkpoint_filter_fn(load_state_dict(str(path)), model)
+        except Exception as e:  # truncated, random or foreign bytes: safetensors, zip, pickle all differ
+            # torch.load runs with weights_only: a file that would run code is refused, not executed.
+            raise ValueError(f"{path} is not a checkpoint this model can read "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
         own = model.state_dict()
         heads = {k for k in state if k.startswith(("head.", "head_dist.")) and k in own
                  and state[k].shape != own[k].shape}

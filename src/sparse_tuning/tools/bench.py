@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..api import count_params
+from ..files import atomic_path, atomic_write_text
 from ..hosts import build_architecture, host_for
 from ..methods import get_method, method_names, prepare
 from ..training.devices import autocast
@@ -261,7 +262,8 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
                loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -312,12 +314,15 @@ def write_bench(out: str | Path, meta: dict, rows: list[dict]) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    with open(out / "bench.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "bench.md").write_text(bench_markdown(meta, rows))
+    import io
+
+    atomic_write_text(out / "bench.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=sorted({k for r in rows for k in r}))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "bench.csv", buf.getvalue())
+    atomic_write_text(out / "bench.md", bench_markdown(meta, rows))
     setup = meta["setup"]
     plot(rows, str(out / "bench.png"), f"{setup['model']} on {meta['machine']}, batch {setup['batch_size']}")
     return out

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from ..api import set_keep_rate
-from ..files import atomic_write_bytes
+from ..files import atomic_files, atomic_path, atomic_write_bytes
 from ..hosts import build_architecture, host_for
 from ..methods import get_method, prepare
 from ..training.config import RunConfig
@@ -52,17 +52,21 @@ def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | P
         batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.onnx.export(model, (x,), dynamic_shapes=({0: batch},), input_names=["images"],
                                     output_names=["logits"], dynamo=True)
-        program.save(str(out))
+        with atomic_files(out) as tmp:
+            program.save(str(tmp))
     elif fmt == "export":
         batch = torch.export.Dim("batch", min=1, max=4096)
-        torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)), str(out))
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+        with atomic_path(out) as tmp:
+            torch.export.save(program, str(tmp))
     else:
         # Token counts are Python ints of the input size; the tracer warns that they become
         # constants, which is right: the graph is for this input size, any batch.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(model, x, check_trace=False)
-        traced.save(str(out))
+        with atomic_path(out) as tmp:
+            traced.save(str(tmp))
     return out
 
 

@@ -125,6 +125,8 @@ def model_cost(model: str, method: str = "sparse-tuning", img_size: Optional[int
     from ..hosts import build_architecture
     from ..methods import method_config, prepare
 
+    if frames is not None and frames < 1:
+        raise ValueError(f"frames={frames}: a clip has at least one frame")
     config = method_config(method, keep_rate, **sparse_tuning_fields)
     vit = build_architecture(model, img_size, num_classes)
     host = host_for(vit)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..api import kept_tokens
+from ..files import atomic_path
 from ..hosts import host_for
 
 
@@ -71,7 +72,8 @@ def keep_rate_plot(rows: Sequence[dict], path: str | Path, title: str, flops_sca
     ax.legend(handles=[acc, cost], loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -139,7 +141,8 @@ def kept_tokens_figure(images: np.ndarray, masks: np.ndarray, patch: int, path: 
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 

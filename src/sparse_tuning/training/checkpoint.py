@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -16,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ..files import atomic_write_bytes
@@ -58,7 +60,10 @@ def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str]) -> No
 
 def load_trainable(model: nn.Module, path: Path) -> None:
     """Load what save_trainable wrote; the names and shapes must be exactly the model's."""
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} cannot be read ({e}); the run's trained weights are damaged") from None
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if set(tensors) != set(params) or any(tensors[k].shape != params[k].shape for k in params):
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
@@ -88,7 +93,13 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     pointer = Path(run_dir) / "checkpoints" / "latest.json"
     if not pointer.is_file():
         return None
-    return pointer.parent / json.loads(pointer.read_text())["folder"]
+    try:
+        name = json.loads(pointer.read_text())["folder"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{pointer} is damaged ({e}); remove it to resume from the newest complete checkpoint") from None
+    if not (isinstance(name, str) and re.fullmatch(r"step-\d{7}", name)):
+        raise ValueError(f"{pointer} names {name!r}, not a checkpoint folder of this run (step-NNNNNNN)")
+    return pointer.parent / name
 
 
 def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:

@@ -17,12 +17,13 @@ import copy
 import dataclasses
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 from ..core.config import SparseTuningConfig
-from ..data.options import AUGMENTS, VIDEO_KINDS, VideoConfig
+from ..data.options import AUGMENTS, VIDEO_KINDS, VideoConfig, absolute_spec
 from .validate import check_values
 from ..methods import get_method, method_config, method_names, option_owners, validate_options
 
@@ -63,6 +64,21 @@ class TrainConfig:
             raise ValueError("lr must be > 0; min_lr, weight_decay and warmup_epochs must be >= 0")
         if self.save_every < 0 or self.num_workers < 0 or self.keep_rate_warmup < 0:
             raise ValueError("save_every, num_workers and keep_rate_warmup must be >= 0")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"clip_grad={self.clip_grad!r}: expected a norm > 0 (leave it unset for no clipping)")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing={self.label_smoothing!r}: expected a number in [0, 1)")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError("mixup and cutmix are Beta-distribution alphas: >= 0 (0: off)")
+        check_device(self.device)
+
+
+def check_device(device: str) -> None:
+    """auto, cpu, cuda, cuda:N or mps; anything else is one line (torch would raise its own)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):
+        raise ValueError(f"device={device!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
 def check_machine(train: TrainConfig) -> None:
@@ -204,7 +220,8 @@ def resolve_config(*layers: dict[str, Any]) -> RunConfig:
                     train=TrainConfig(**merged["train"]))
     check_run_config(cfg)
     check_machine(cfg.train)
-    return cfg
+    return dataclasses.replace(cfg, data=absolute_spec(cfg.data) if cfg.data else cfg.data,
+                               weights=os.path.abspath(os.path.expanduser(cfg.weights)) if cfg.weights else None)
 
 
 def check_run_config(cfg: RunConfig) -> None:
@@ -232,9 +249,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of options")
     norm = lambda d: {k.replace("-", "_"): (norm(v) if isinstance(v, dict) else v) for k, v in d.items()}

@@ -7,6 +7,9 @@ import torch
 
 
 def resolve_device(device: str) -> str:
+    from .config import check_device
+
+    check_device(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():

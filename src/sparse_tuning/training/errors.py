@@ -4,3 +4,11 @@ without loading torch)."""
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a NaN loss, an incompatible checkpoint); the message says why."""
+
+
+class Interrupted(TrainingError):
+    """SIGINT or SIGTERM stopped the run, after a checkpoint; ``signal`` says which."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signal = signum

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.images import collate_skipping
+from ..data.images import collate_skipping, quiet_worker
 from .devices import autocast
 from .distributed import Dist, all_reduce_sum
 
@@ -25,7 +25,8 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 128, device: 
     model.eval()
     indices = list(range(d.rank, len(dataset), d.world))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=collate_skipping)
+                        num_workers=num_workers, collate_fn=collate_skipping,
+                        worker_init_fn=quiet_worker if num_workers else None)
     sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # correct@1, correct@5, loss, images, skipped
     num_classes = 0
     for images, labels, skipped in loader:
@@ -44,7 +45,11 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 128, device: 
         sums[3] += len(labels)
     model.train(was_training)
     c1, c5, loss, n, skipped = all_reduce_sum(sums, d, device)
-    n = max(n, 1)
+    if not n:
+        from ..data.images import DataError
+
+        raise DataError(f"no evaluation image could be read ({int(skipped)} skipped of {len(dataset)}); "
+                        "check the data (--strict-data names the first bad file)")
     result = {"top1": 100 * c1 / n, "top5": 100 * c5 / n, "loss": loss / n, "images": int(n), "skipped": int(skipped)}
     if 0 < num_classes <= 5:
         del result["top5"]

@@ -8,7 +8,9 @@ step (``step``) and an evaluation (``evaluate``); ``train`` runs them.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,13 +21,13 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from ..api import count_params
-from ..data.images import ImageData, SeededDataset, collate_skipping
+from ..data.images import ImageData, SeededDataset, collate_skipping, quiet_worker
 from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .devices import autocast, resolve_device
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
-from .errors import TrainingError
+from .errors import Interrupted, TrainingError
 from .evaluate import evaluate, top5_text
 from .progress import MetricsLog, Progress
 
@@ -57,9 +59,12 @@ class Trainer:
 
     def __init__(self, model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Path,
                  resume: bool = False, metadata: Optional[dict[str, str]] = None,
-                 log: Callable[[str], None] = print, hook: Optional[Callable[..., TrainHook]] = None) -> None:
+                 log: Callable[[str], None] = print, hook: Optional[Callable[..., TrainHook]] = None,
+                 record: Optional[dict[str, Any]] = None, changeable: tuple[str, ...] = ()) -> None:
+        """record: the run's whole config, kept in each checkpoint; a resume refuses a config that
+        differs from it except in ``changeable`` training fields."""
         self.model, self.data, self.cfg, self.run_dir, self.log = model, data, cfg, Path(run_dir), log
-        self.metadata = metadata or {}
+        self.metadata, self.record, self.changeable = metadata or {}, record, changeable
         device = resolve_device(cfg.device)
         self.d = d = init_distributed(device)
         self.device = f"cuda:{d.local_rank}" if device == "cuda" else device
@@ -90,7 +95,9 @@ class Trainer:
         self.mixup, self.criterion = self._loss(data.num_classes)
 
         self.step_index, self.best = 0, {"top1": -1.0, "epoch": -1}
-        self.skipped = 0
+        self.evaluated_epoch = -1  # the last epoch whose evaluation finished
+        self.skipped, self.images_read = 0, 0
+        self.stop_signal: Optional[int] = None
         torch.manual_seed(cfg.seed)
         if resume:
             self._resume()
@@ -111,15 +118,36 @@ class Trainer:
 
     def _resume(self) -> None:
         folder = latest_checkpoint(self.run_dir)
-        if folder is None:
-            raise TrainingError(f"nothing to resume: {self.run_dir}/checkpoints has no checkpoint")
+        if folder is None:  # stopped before its first checkpoint: nothing done yet to keep
+            self.log(f"{self.run_dir} has no checkpoint yet: the run starts from its first step")
+            return
         state = load_checkpoint(folder, self.model)
+        self._check_resumable(state, folder)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.step_index, self.best = state["step"], state["best"]
+        self.evaluated_epoch = state.get("evaluated_epoch", self.step_index // self.steps_per_epoch - 1)
         self.log(f"resumed from {folder} at step {self.step_index} (epoch {self.step_index // self.steps_per_epoch})")
+
+    def _check_resumable(self, state: dict[str, Any], folder: Path) -> None:
+        """The checkpoint belongs to this config and this data, or the resume stops here."""
+        saved_steps = state.get("steps_per_epoch", self.steps_per_epoch)
+        if saved_steps != self.steps_per_epoch:
+            raise TrainingError(f"the training data changed since {folder} was saved ({saved_steps} steps per epoch "
+                                f"then, {self.steps_per_epoch} now); resume with the data the run was trained on")
+        if self.record is not None and state.get("run_config") is not None:
+            then, now = _comparable(state["run_config"], self.changeable), _comparable(self.record, self.changeable)
+            changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
+            if changed:
+                k = changed[0]
+                raise TrainingError(f"config.json differs from the run's checkpoint in {k} ({then.get(k)!r} then, "
+                                    f"{now.get(k)!r} now); a resume may change only "
+                                    + ", ".join("--" + c.replace("_", "-") for c in self.changeable))
+        if state["step"] > self.total_steps:
+            raise TrainingError(f"the checkpoint is at step {state['step']}, past the {self.cfg.epochs} epochs asked "
+                                f"({self.total_steps} steps)")
 
     def summary(self, about: str = "") -> list[str]:
         """What the run is about to do, before the first step."""
@@ -140,7 +168,8 @@ class Trainer:
         if self.d.main:
             state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
                      "rng": rng_state(), "step": self.step_index, "best": self.best,
-                     "train_config": dataclasses.asdict(self.cfg)}
+                     "train_config": dataclasses.asdict(self.cfg), "steps_per_epoch": self.steps_per_epoch,
+                     "evaluated_epoch": self.evaluated_epoch, "run_config": json.dumps(self.record)}
             save_checkpoint(self.run_dir, self.model, state, self.step_index, self.metadata)
 
     def loader(self, epoch: int):
@@ -149,7 +178,7 @@ class Trainer:
         sampler = EpochSampler(len(self.data.train), cfg.batch_size, cfg.seed, epoch, self.d,
                                start_batch=self.step_index - epoch * self.steps_per_epoch)
         loader = DataLoader(SeededDataset(self.data.train), batch_size=self.micro, sampler=sampler,
-                            num_workers=cfg.num_workers, collate_fn=collate_skipping,
+                            num_workers=cfg.num_workers, collate_fn=collate_skipping, worker_init_fn=quiet_worker,
                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
         return iter(loader), sampler
 
@@ -167,6 +196,7 @@ class Trainer:
             self.skipped += skipped
             if images is None:
                 continue
+            self.images_read += len(images)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if self.mixup is not None:
                 if len(images) % 2:  # timm's Mixup pairs samples; a skipped image can leave one over
@@ -212,37 +242,128 @@ class Trainer:
         return {"epoch": epoch, **result}
 
     def run(self, about: str = "") -> dict[str, Any]:
-        """Train to the last epoch; returns {"final": the last evaluation, "best": best top-1 and its epoch}."""
+        """Train to the last epoch; returns {"final": the last evaluation, "best": best top-1 and its epoch}.
+
+        SIGINT (Ctrl-C) and SIGTERM stop the run after the current step with a checkpoint
+        (``Interrupted``); a second one stops at once.
+        """
         cfg, d = self.cfg, self.d
         progress = Progress(self.total_steps, self.step_index, enabled=d.main, log=self.log, every=cfg.log_every)
         if d.main:
-            for line in self.summary(about):
+            for line in self.summary(about) + self.warnings():
                 progress.message(line)
         final: dict[str, Any] = {}
-        for epoch in range(self.step_index // self.steps_per_epoch, cfg.epochs):
-            batches, sampler = self.loader(epoch)
-            self.net.train()
-            for _ in range(sampler.start_batch, self.steps_per_epoch):
-                loss, lr, rate = self.step(batches)
-                progress.update(self.step_index, loss, rate)
-                if self.step_index % cfg.log_every == 0 or self.step_index == self.total_steps:
-                    self.metrics.write({"step": self.step_index, "epoch": epoch, "loss": loss, "lr": lr,
-                                        "images_per_s": rate, "keep_rate": 1.0, **self.hook.metrics(),
-                                        "skipped_images": self.skipped})
-                if cfg.save_every and self.step_index % cfg.save_every == 0:
+        with _StopOnSignal(self):
+            epoch = self.step_index // self.steps_per_epoch
+            if self.step_index % self.steps_per_epoch == 0 and epoch > 0 and self._evaluates(epoch - 1) \
+                    and self.evaluated_epoch < epoch - 1:
+                final = self._end_epoch(epoch - 1, progress)  # stopped between its last step and its evaluation
+            for epoch in range(epoch, cfg.epochs):
+                batches, sampler = self.loader(epoch)
+                self.net.train()
+                for _ in range(sampler.start_batch, self.steps_per_epoch):
+                    loss, lr, rate = self.step(batches)
+                    progress.update(self.step_index, loss, rate)
+                    if self.step_index % cfg.log_every == 0 or self.step_index == self.total_steps:
+                        self.metrics.write({"step": self.step_index, "epoch": epoch, "loss": loss, "lr": lr,
+                                            "images_per_s": rate, "keep_rate": 1.0, **self.hook.metrics(),
+                                            "skipped_images": self.skipped})
+                    if cfg.save_every and self.step_index % cfg.save_every == 0:
+                        self.checkpoint()
+                    self._stop_if_asked(progress)
+                if not self.images_read:
+                    raise TrainingError(f"no training image could be read in epoch {epoch} ({self.skipped} skipped); "
+                                        "check the data (--strict-data names the first bad file)")
+                if self._evaluates(epoch):
+                    final = self._end_epoch(epoch, progress)
+                else:
                     self.checkpoint()
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                final = self.evaluate(epoch)
-                progress.message(f"epoch {epoch}: {self.data.eval_split} top-1 {final['top1']:.2f}"
-                                 f"{top5_text(final, ',')} (best {self.best['top1']:.2f} at epoch {self.best['epoch']})")
-            self.checkpoint()
+                self._stop_if_asked(progress)
         progress.close()
         self.hook.before_eval()  # the model leaves as it will be used
         if d.enabled:
             torch.distributed.barrier()  # every rank done before rank 0 writes the final files
         if self.skipped and d.main:
             self.log(f"skipped {self.skipped} unreadable training image(s) (--strict-data makes them an error)")
+        if not final:  # resumed after the last evaluation: the checkpoint's results stand
+            final = self._last_evaluation()
         return {"final": final, "best": self.best}
+
+    def _evaluates(self, epoch: int) -> bool:
+        return (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs
+
+    def _end_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
+        final = self.evaluate(epoch)
+        self.evaluated_epoch = epoch
+        progress.message(f"epoch {epoch}: {self.data.eval_split} top-1 {final['top1']:.2f}"
+                         f"{top5_text(final, ',')} (best {self.best['top1']:.2f} at epoch {self.best['epoch']})")
+        self.checkpoint()
+        return final
+
+    def _last_evaluation(self) -> dict[str, Any]:
+        path = self.run_dir / "metrics.jsonl"
+        lines = [json.loads(ln) for ln in path.read_text().splitlines() if '"split"' in ln] if path.is_file() else []
+        if not lines:
+            raise TrainingError(f"{self.run_dir} has no evaluation to report; resume it with more --epochs")
+        last = lines[-1]
+        return {"epoch": last["epoch"], **{k: v for k, v in last.items() if k not in ("step", "epoch", "split")}}
+
+    def _stop_if_asked(self, progress: Progress) -> None:
+        if self.stop_signal is None:
+            return
+        self.checkpoint()
+        progress.close()
+        raise Interrupted(self.stop_signal, f"stopped by {signal.Signals(self.stop_signal).name} at step "
+                          f"{self.step_index}, checkpoint saved; continue with: sparse-tuning train --resume "
+                          f"{self.run_dir}")
+
+    def warnings(self) -> list[str]:
+        cfg = self.cfg
+        if cfg.warmup_epochs >= cfg.epochs:
+            return [f"warning: the learning-rate warmup ({cfg.warmup_epochs:g} epochs) is not shorter than the run "
+                    f"({cfg.epochs} epochs): the peak learning rate {cfg.lr:g} is never reached "
+                    "(--warmup-epochs sets it)"]
+        return []
+
+
+class _StopOnSignal:
+    """Within the block, the first SIGINT / SIGTERM only asks the trainer to stop after its step
+    (DataLoader workers ignore both: a Ctrl-C reaches the whole process group); a second one
+    interrupts at once. Only in the main thread, where Python delivers signals."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer, self.saved = trainer, {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.trainer.stop_signal is not None:
+            raise KeyboardInterrupt
+        self.trainer.stop_signal = signum
+
+    def __enter__(self) -> "_StopOnSignal":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.saved = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
+
+
+def _comparable(record: Any, changeable: tuple[str, ...]) -> dict[str, Any]:
+    """A run config flattened to 'section.field' keys, without what a resume may change."""
+    if isinstance(record, str):
+        record = json.loads(record)
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and key in ("train", "video", "baseline", "sparse_tuning"):
+            flat.update({f"{key}.{k}": v for k, v in value.items() if not (key == "train" and k in changeable)})
+        else:
+            flat[key] = value
+    return flat
 
 
 def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,

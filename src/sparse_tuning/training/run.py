@@ -17,13 +17,15 @@ import torch
 import torch.nn as nn
 
 from ..adapter_io import save_adapters
+from ..data.options import absolute_spec
 from ..api import set_keep_rate
 from ..files import atomic_write_bytes
 from ..hosts import build_architecture, host_for, host_named
 from ..methods import get_method, prepare
 from .checkpoint import load_trainable, save_trainable
 from .config import RunConfig, read_run_config, resolve_config
-from .loop import evaluate, resolve_device, train
+from .loop import Trainer, evaluate, resolve_device
+from .run_folder import RunFolderError, RunLock, check_new_folder, read_json, remove_temporaries
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
@@ -41,7 +43,7 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     return model
 
 
-def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None):
+def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None, eval_only: bool = False):
     """Image or video datasets for a run config (data overrides its spec)."""
     from ..data.images import load_image_data
     from ..data.video import load_video_data
@@ -51,35 +53,71 @@ def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None):
     kind, _, path = spec.partition(":")
     if kind not in VIDEO_KINDS:
         return load_image_data(spec, probe, download=cfg.download, strict=cfg.strict_data, augment=cfg.augment,
-                               train_samples=cfg.train_samples, eval_samples=cfg.eval_samples, seed=cfg.train.seed)
-    size = host_for(probe).input_size(probe)[1]
-    return load_video_data(kind, path, cfg.video.plan(kind, size), strict=cfg.strict_data)
+                               train_samples=cfg.train_samples, eval_samples=cfg.eval_samples, seed=cfg.train.seed,
+                               eval_only=eval_only)
+    host = host_for(probe)
+    dc = host.data_config(probe)  # the backbone's normalisation, as for images
+    return load_video_data(kind, path, cfg.video.plan(kind, host.input_size(probe)[1]), strict=cfg.strict_data,
+                           mean=dc["mean"], std=dc["std"])
 
 
-def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False,
-              log=print) -> dict[str, Any]:
-    """Train a resolved config into run_dir; returns the results."""
+RESUME_CHANGES = ("epochs", "lr", "min_lr")  # what --resume may change: train longer, or with another lr
+
+
+def resume_config(run_dir: str | Path, **changes: Any) -> RunConfig:
+    """The recorded config of a run to resume, with the allowed changes (more epochs; another
+    peak or final learning rate, e.g. lower after a NaN loss); refused for a finished run that
+    is not given more epochs."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    bad = sorted(set(changes) - set(RESUME_CHANGES))
+    if bad:
+        raise RunFolderError(f"--resume continues a run as config.json records it; it may change only "
+                             f"{', '.join('--' + c.replace('_', '-') for c in RESUME_CHANGES)}, not {bad[0]}")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes)) if changes else cfg
+    done = run_dir / "results.json"
+    if done.is_file():
+        final = read_json(done, "the results of a finished run").get("final") or {}
+        if final.get("epoch", -1) + 1 >= cfg.train.epochs:
+            raise RunFolderError(f"{run_dir} is finished ({cfg.train.epochs} epochs, results.json); nothing to "
+                                 f"resume. To train it longer: --resume {run_dir} --epochs N with N > {cfg.train.epochs}")
+    return cfg
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, log=print) -> dict[str, Any]:
+    """Train a resolved config into run_dir (a new or empty folder, or the run to resume, with
+    ``resume_config``'s config); returns the results. One process at a time per folder; nothing in
+    the folder changes before every check has passed."""
     run_dir = Path(run_dir)
     if not cfg.model or not cfg.data:
         raise ValueError("train needs --model NAME and --data SPEC")
-    probe = build_architecture(cfg.model, cfg.img_size)  # for its data config
-    data = load_data(cfg, probe)
-    cfg = dataclasses.replace(cfg, num_classes=data.num_classes, classes=list(data.classes))
-    model = build_model(cfg, data.num_classes)
-    if _is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
-    method = get_method(cfg.method)
-    meta = {"method": cfg.method, "model": cfg.model}
-    results = train(model, data, cfg.train, run_dir, resume=resume, metadata=meta, log=log,
-                    hook=method.train_hook, about=f"{cfg.model}, --method {cfg.method}")
-    if _is_main():
-        save_trainable(model, run_dir / "trainable.safetensors", meta)
-        if method.saves_adapters:  # the portable file for sparse_tuning.load_adapters
-            save_adapters(host_for(model).image_model(model), run_dir / "adapters.safetensors")
-        results = {"eval_split": data.eval_split, **results,
-                   "note": "final = last epoch; best = highest top-1 over the evaluated epochs"}
-        atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
+    main = _is_main()
+    if main and not resume:
+        check_new_folder(run_dir)
+    with RunLock(run_dir, enabled=main):
+        if main:
+            remove_temporaries(run_dir)
+        probe = build_architecture(cfg.model, cfg.img_size)  # for its data config
+        data = load_data(cfg, probe)
+        if resume and cfg.num_classes and (data.num_classes, list(data.classes)) != (cfg.num_classes, list(cfg.classes)):
+            raise RunFolderError(f"the data changed since the run started: {data.num_classes} classes now, "
+                                 f"{cfg.num_classes} then; resume with the data the run was trained on")
+        cfg = dataclasses.replace(cfg, num_classes=data.num_classes, classes=list(data.classes))
+        model = build_model(cfg, data.num_classes)
+        method = get_method(cfg.method)
+        meta = {"method": cfg.method, "model": cfg.model}
+        trainer = Trainer(model, data, cfg.train, run_dir, resume=resume, metadata=meta, log=log,
+                          hook=method.train_hook, record=cfg.to_dict(), changeable=RESUME_CHANGES)
+        if main:  # every check passed: only now is the folder written
+            atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
+        results = trainer.run(about=f"{cfg.model}, --method {cfg.method}")
+        if main:
+            save_trainable(model, run_dir / "trainable.safetensors", meta)
+            if method.saves_adapters:  # the portable file for sparse_tuning.load_adapters
+                save_adapters(host_for(model).image_model(model), run_dir / "adapters.safetensors")
+            results = {"eval_split": data.eval_split, **results,
+                       "note": "final = last epoch; best = highest top-1 over the evaluated epochs"}
+            atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
     return results
 
 
@@ -107,7 +145,7 @@ def load_run(run_dir: str | Path, keep_rate: Optional[float] = None) -> tuple[nn
 
 def load_eval_data(model: nn.Module, cfg: RunConfig, data: Optional[str] = None):
     """A run's data (or another spec), checked against the number of classes it was trained on."""
-    images = load_data(cfg, host_for(model).image_model(model), data)
+    images = load_data(cfg, host_for(model).image_model(model), data, eval_only=True)
     if images.num_classes != cfg.num_classes:
         raise ValueError(f"the data has {images.num_classes} classes; the run was trained on {cfg.num_classes}")
     if cfg.classes and list(images.classes) != list(cfg.classes):
@@ -132,12 +170,12 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
     images = load_eval_data(model, cfg, data)
     result = evaluate(model.to(device), images.eval, batch_size, device, cfg.train.amp)
     st = getattr(model, "sparse_tuning", None)
-    spec = data or cfg.data
+    spec = absolute_spec(data) if data else cfg.data
     result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0, data=spec)
     if write:
         name = f"eval-{result['split']}" + (f"-keep{keep_rate}" if keep_rate is not None else "")
-        if data and data != cfg.data:
-            name += "-" + hashlib.sha1(data.encode()).hexdigest()[:8]
+        if spec != cfg.data:
+            name += "-" + hashlib.sha1(spec.encode()).hexdigest()[:8]
         result["file"] = str(Path(run_dir) / f"{name}.json")
         atomic_write_bytes(result["file"], (json.dumps(result, indent=1) + "\n").encode())
     return result
@@ -145,8 +183,9 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
 
 def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rate: Optional[float] = None,
                 device: str = "auto") -> list[dict[str, Any]]:
-    from ..data.images import augment_mode, make_transforms, parse_data_spec, read_user_image
+    from ..data.images import augment_mode, make_transforms, parse_data_spec, read_user_image, user_image_paths
 
+    images = user_image_paths(images)
     model, cfg = load_run(run_dir, keep_rate)
     if cfg.video.frames:
         raise ValueError("predict reads images; for a video run, use eval")
