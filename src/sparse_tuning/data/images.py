@@ -224,19 +224,23 @@ def make_transforms(model: torch.nn.Module, augment: str) -> tuple[Callable, Cal
 
 def scan_class_folders(directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
                        allow_empty: bool = False) -> list[tuple[str, int]]:
-    """torchvision's ImageFolder listing, but a symlinked folder already seen (a loop such as
-    ``class_0/loop -> ..``, or one folder linked twice) is listed once, not followed again."""
+    """torchvision's ImageFolder listing, but a symlinked folder is not followed where it would
+    loop (``class_0/loop -> ..``), bring another class's images in, or list a folder twice;
+    a link to a folder outside the split is followed once."""
     import os
 
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
     valid = is_valid_file or (lambda p: has_file_allowed_extension(p, extensions or IMG_EXTENSIONS))
+    split = os.path.realpath(directory)
+    within = lambda path, folder: path == folder or path.startswith(folder + os.sep)
     samples = []
     for name in sorted(class_to_idx):
+        top = os.path.realpath(os.path.join(directory, name))
         seen: set[str] = set()
         for current, dirs, files in os.walk(os.path.join(directory, name), followlinks=True):
             real = os.path.realpath(current)
-            if real in seen:
+            if real in seen or (real != top and (within(top, real) or (within(real, split) and not within(real, top)))):
                 dirs[:] = []
                 continue
             seen.add(real)

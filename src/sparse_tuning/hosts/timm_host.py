@@ -2,6 +2,7 @@
 built on timm's Block) and everything the package needs to know about it."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,7 +80,9 @@ class TimmHost(Host):
         from timm.models.vision_transformer import checkpoint_filter_fn
 
         try:
-            state = checkpoint_filter_fn(load_state_dict(str(path)), model)
+            with warnings.catch_warnings():  # torch's notes on a foreign file: the one-line error says it all
+                warnings.simplefilter("ignore")
+                state = checkpoint_filter_fn(load_state_dict(str(path)), model)
         except Exception as e:  # truncated, random or foreign bytes: safetensors, zip, pickle all differ
             # torch.load runs with weights_only: a file that would run code is refused, not executed.
             raise ValueError(f"{path} is not a checkpoint this model can read "

@@ -8,6 +8,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..files import atomic_write_text
+
+
+def _record(line: str):
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
 
 class MetricsLog:
     """RUN_DIR/metrics.jsonl, one JSON line per logged step and per evaluation (rank 0 only)."""
@@ -15,11 +25,12 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
         self.path, self.enabled = path, enabled
         if enabled and resume_step and path.exists():
-            # Lines after the checkpoint belong to the interrupted attempt: drop them.
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            # Lines after the checkpoint belong to the interrupted attempt, and a line cut short
+            # (a crash, a full disk) was never whole: drop them.
+            kept = [ln for ln in map(_record, path.read_text().splitlines()) if ln and ln.get("step", 0) <= resume_step]
+            atomic_write_text(path, "".join(json.dumps(ln) + "\n" for ln in kept))
         elif enabled and not resume_step:
-            path.write_text("")
+            atomic_write_text(path, "")
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:

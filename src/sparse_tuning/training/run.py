@@ -94,6 +94,17 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, log=pri
     main = _is_main()
     if main and not resume:
         check_new_folder(run_dir)
+    created = main and not run_dir.exists()
+    try:
+        return _train_locked(cfg, run_dir, resume, log, main)
+    except BaseException:
+        if created and not any(p.name != ".lock" for p in run_dir.iterdir()):
+            (run_dir / ".lock").unlink(missing_ok=True)  # a run refused before its first file: no trace
+            run_dir.rmdir()
+        raise
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, log, main: bool) -> dict[str, Any]:
     with RunLock(run_dir, enabled=main):
         if main:
             remove_temporaries(run_dir)

@@ -1,0 +1,175 @@
+"""Real processes and signals: one run per folder at a time, Ctrl-C and SIGTERM stop cleanly;
+and a table of a user's mistakes, each one line and exit status 2, nothing written."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from data_files import make_folder, make_video_root
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+MODEL = ["--model", "st_vit_micro_patch4_32", "--no-pretrained"]
+
+
+def cli(*args):
+    return [sys.executable, "-m", "sparse_tuning", *map(str, args)]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("data") / "ds", classes=3, train=8, val=4)
+
+
+def long_run(folder, out, *extra):
+    return subprocess.Popen(cli("train", *MODEL, "--data", f"folder:{folder}", "--epochs", "300", "--batch-size", "8",
+                                "--warmup-epochs", "0", "--log-every", "1", "--out", out, *extra),
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for_steps(run, n, proc, limit=120):
+    deadline = time.time() + limit
+    while time.time() < deadline and proc.poll() is None:
+        path = run / "metrics.jsonl"
+        if path.exists() and sum('"loss"' in l and '"split"' not in l for l in path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run did not reach its steps")
+
+
+# 2. two processes on one run folder
+def test_a_second_process_on_a_run_folder_is_refused(folder, tmp_path):
+    run = tmp_path / "run"
+    first = long_run(folder, run, "--num-workers", "0")
+    try:
+        wait_for_steps(run, 1, first)
+        for args in (["train", *MODEL, "--data", f"folder:{folder}", "--out", run], ["train", "--resume", run]):
+            second = subprocess.run(cli(*args), env=ENV, capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
+            assert "in use by another sparse-tuning process" in second.stderr or "--resume" in second.stderr
+        assert first.poll() is None, "the first run goes on"
+    finally:
+        first.kill()
+        first.wait()
+
+
+# 8. Ctrl-C (SIGINT to the whole process group, workers included) and SIGTERM
+@pytest.mark.parametrize("signum,code,group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)])
+def test_a_signal_stops_the_run_with_a_checkpoint_and_one_line(folder, tmp_path, signum, code, group):
+    run = tmp_path / "run"
+    proc = long_run(folder, run, "--num-workers", "2")
+    wait_for_steps(run, 3, proc)
+    (os.killpg(proc.pid, signum) if group else proc.send_signal(signum))
+    t = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t < 30
+    assert proc.returncode == code, err
+    lines = [l for l in err.strip().splitlines() if l]
+    assert len(lines) == 1 and "Traceback" not in err and f"--resume {run}" in lines[0], err
+    step = json.loads((run / "checkpoints" / "latest.json").read_text())["step"]
+    assert step >= 3
+    done = subprocess.run(cli("train", "--resume", run, "--epochs", "2"), env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "results.json").read_text())["final"]["epoch"] == 1
+
+
+# The table: a user's mistakes at the command line.
+def _trained_run(tmp_path, folder):
+    from sparse_tuning.cli import main
+
+    run = tmp_path / "trained"
+    assert main(["train", *MODEL, "--data", f"folder:{folder}", "--epochs", "1", "--batch-size", "8",
+                 "--num-workers", "0", "--out", str(run)]) == 0
+    return run
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/sparse-tuning-pwned",))
+
+
+def setups(tmp_path, folder):
+    """name -> (argv, what must not appear afterwards)."""
+    (tmp_path / "bad.yaml").write_text("train: {epochs: 2\n  lr: [")
+    for name, text in {"float": "epochs: 1.5", "string": 'img_size: "32"', "list": "model: [a]"}.items():
+        (tmp_path / f"{name}.yaml").write_text(text + "\n")
+    (tmp_path / "truncated.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    (tmp_path / "random.pth").write_bytes(os.urandom(4096))
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"state": Evil()}, f)
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    train = ["train", *MODEL, "--data", f"folder:{folder}"]
+    out = tmp_path / "out"
+    return {
+        "malformed yaml": ([*train, "--config", tmp_path / "bad.yaml", "--out", out], "valid YAML"),
+        "epochs 1.5": ([*train, "--config", tmp_path / "float.yaml", "--out", out], "expected an integer"),
+        "img_size string": ([*train, "--config", tmp_path / "string.yaml", "--out", out], "img_size"),
+        "model list": (["train", "--no-pretrained", "--data", f"folder:{folder}", "--config", tmp_path / "list.yaml",
+                        "--out", out], "model"),
+        "device foo": ([*train, "--device", "foo", "--out", out], "device"),
+        "flops frames -2": (["flops", "--frames", "-2"], "frames"),
+        "truncated weights": ([*train, "--weights", tmp_path / "truncated.safetensors", "--out", out], "not a checkpoint"),
+        "random weights": ([*train, "--weights", tmp_path / "random.pth", "--out", out], "not a checkpoint"),
+        "malicious pickle": ([*train, "--weights", tmp_path / "evil.pth", "--out", out], "not a checkpoint"),
+        "out under a file": ([*train, "--out", tmp_path / "a-file" / "run"], "a-file"),
+        "predict a non-image": (["predict", "--run", "TRAINED", tmp_path / "notes.txt"], "cannot read"),
+        "predict an empty folder": (["predict", "--run", "TRAINED", tmp_path / "empty"], "no image files"),
+        "bench a resnet": (["bench", "--model", "resnet18", "--methods", "linear", "--rounds", "1",
+                            "--no-memory", "--out", out], "not a timm VisionTransformer"),
+        "eval a damaged run": (["eval", "--run", "DAMAGED"], "damaged"),
+        "export a damaged run": (["export", "--run", "DAMAGED", "--format", "safetensors", "--out", out / "m"],
+                                 "damaged"),
+    }
+
+
+def test_a_users_mistakes_are_one_line_and_exit_2_with_nothing_written(folder, tmp_path, capsys):
+    """In this process (the error boundary is main()'s), each case as the command line gets it."""
+    from sparse_tuning.cli import main
+
+    run = _trained_run(tmp_path, folder)
+    damaged = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", run, damaged], check=True)
+    data = (damaged / "trainable.safetensors").read_bytes()
+    (damaged / "trainable.safetensors").write_bytes(data[:len(data) // 2])
+    capsys.readouterr()
+    failures = []
+    for name, (argv, needle) in setups(tmp_path, folder).items():
+        argv = [str(damaged) if a == "DAMAGED" else str(run) if a == "TRAINED" else str(a) for a in argv]
+        code = main(argv)
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        if not (code == 2 and len(lines) == 1 and "Traceback" not in err and needle in err):
+            failures.append(f"{name}: exit {code}, {err[-300:]!r}")
+        assert not (tmp_path / "out").exists(), name
+    assert not failures, "\n".join(failures)
+    assert not os.path.exists("/tmp/sparse-tuning-pwned"), "a pickle in --weights ran code"
+
+
+def test_a_video_without_frames_is_skipped_and_counted(tmp_path):
+    import av
+    import numpy as np
+
+    root = make_video_root(tmp_path / "videos", per_class=2, frames=8)
+    audio = root / "audio.mp4"
+    with av.open(str(audio), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    with open(root / "train.csv", "a") as f:
+        f.write(f"{audio.name} 0\n")
+    proc = subprocess.run(cli("train", *MODEL, "--data", f"kinetics:{root}", "--frames", "4", "--epochs", "1",
+                              "--batch-size", "2", "--num-workers", "0", "--out", tmp_path / "run"),
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 unreadable training image" in proc.stdout + proc.stderr
