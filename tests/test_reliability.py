@@ -182,6 +182,10 @@ def test_written_files_have_the_usual_permissions_and_absolute_data_paths(folder
     assert json.loads((run / "config.json").read_text())["data"] == f"folder:{folder}"
     monkeypatch.chdir(tmp_path)
     assert main(["eval", "--run", str(run)]) == 0  # from another directory
+    assert main(["export", "--run", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    for path in (run / "eval-val.json", tmp_path / "m.pt"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 # 11. option values that train wrongly
