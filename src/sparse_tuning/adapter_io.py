@@ -36,7 +36,8 @@ def backbone_signature(model: nn.Module) -> dict[str, Any]:
 def save_adapters(model: nn.Module, path: str | os.PathLike) -> None:
     """Save the trainable weights (adapters + head) and the config to a safetensors file."""
     st = state_of(model)
-    tensors = {name: p.detach().cpu().contiguous() for name, p in trainable_named_parameters(model)}
+    host = host_for(model)
+    tensors = {host.file_name(name): p.detach().cpu().contiguous() for name, p in trainable_named_parameters(model)}
     metadata = {
         "format": FORMAT,
         "config": st.config.to_json(),
@@ -58,6 +59,11 @@ def read_adapter_metadata(path: str | os.PathLike) -> tuple[SparseTuningConfig, 
         raise ValueError(f"{path} is not a Sparse-Tuning adapter file (format {meta.get('format')!r}, "
                          f"expected {FORMAT!r})")
     return SparseTuningConfig.from_dict(json.loads(meta["config"])), json.loads(meta["backbone"])
+
+
+def _by_file_name(model: nn.Module) -> dict[str, nn.Parameter]:
+    host = host_for(model)
+    return {host.file_name(name): p for name, p in trainable_named_parameters(model)}
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -96,7 +102,9 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if not applied:
         host_for(model).check_supported(model)
     mine = backbone_signature(model)
-    diff = [f"{k}: file {backbone[k]!r}, model {mine.get(k)!r}" for k in backbone if backbone[k] != mine.get(k)]
+    # The backbone's shape, not its library ("class" is informative): a file moves between hosts.
+    diff = [f"{k}: file {backbone[k]!r}, model {mine.get(k)!r}" for k in backbone
+            if k != "class" and backbone[k] != mine.get(k)]
     if diff:
         raise ValueError(f"{path} was saved for another backbone: " + "; ".join(diff))
     if applied:
@@ -108,9 +116,9 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     else:
         # Check the file against what applying its config would make, on a weightless copy, so
         # that a refused file leaves the model as it was (not patched, not frozen).
-        check_tensors(path, dict(trainable_named_parameters(apply(meta_copy(model), config))))
+        check_tensors(path, _by_file_name(apply(meta_copy(model), config)))
         apply(model, config)
-    params = dict(trainable_named_parameters(model))
+    params = _by_file_name(model)
     tensors = check_tensors(path, params)
     with torch.no_grad():
         for name, t in tensors.items():

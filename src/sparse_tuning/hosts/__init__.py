@@ -10,9 +10,10 @@ import torch.nn as nn
 from .base import Host, original_class
 
 
+from .hf_host import HFHost
 from .timm_host import TimmHost  # registers the small ViTs with timm too
 
-HOSTS: tuple[Host, ...] = (TimmHost(),)  # a new host: one module implementing Host, one entry here
+HOSTS: tuple[Host, ...] = (TimmHost(), HFHost())  # a new host: one module implementing Host, one entry here
 
 
 def all_hosts() -> tuple[Host, ...]:

@@ -102,6 +102,11 @@ class Host:
     def classifier_classes(self, model: nn.Module) -> int:
         raise NotImplementedError
 
+    def file_name(self, name: str) -> str:
+        """A trainable parameter's name in an adapter file, the same on every host: timm's
+        (``blocks.N.adapter...``, ``head...``), so a file moves between hosts."""
+        return name
+
     def features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The final tokens (B, N, C) before pooling and head."""
         raise NotImplementedError

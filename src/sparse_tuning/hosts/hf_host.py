@@ -1,0 +1,209 @@
+"""The Hugging Face transformers host: ViT, DeiT (also with a distillation token), DINOv2
+(also with registers) and CLIP vision models, whose layers hold a class token first.
+
+Model names are ``hf:ID_OR_DIR`` (``from_pretrained``; a local folder works offline)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from ..core.config import SparseTuningConfig
+from ..core.state import SparseTuningState
+from .base import Host
+
+PREFIX = "hf:"
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """The base model inside a task model (``model.vit``, ``model.deit``, ``model.dinov2``,
+    ``model.vision_model``), or the model itself."""
+    for name in ("vit", "deit", "dinov2", "vision_model"):
+        inner = getattr(model, name, None)
+        if isinstance(inner, nn.Module):
+            return _backbone(inner) if name != "vision_model" else inner
+    return model
+
+
+def _layers(model: nn.Module) -> nn.ModuleList:
+    base = _backbone(model)
+    if isinstance(getattr(base, "layers", None), nn.ModuleList):
+        return base.layers  # transformers 5.x
+    encoder = getattr(base, "encoder", None)
+    for name in ("layer", "layers"):
+        if isinstance(getattr(encoder, name, None), nn.ModuleList):
+            return getattr(encoder, name)
+    raise ValueError(f"{type(model).__name__}: no transformer layers found")
+
+
+class HFHost(Host):
+    name = "transformers"
+    serves = ("a Hugging Face transformers ViT, DeiT, DINOv2 or CLIP vision model")
+
+    SUPPORTED = ("ViTModel", "ViTForImageClassification", "DeiTModel", "DeiTForImageClassification",
+                 "DeiTForImageClassificationWithTeacher", "Dinov2Model", "Dinov2ForImageClassification",
+                 "Dinov2WithRegistersModel", "Dinov2WithRegistersForImageClassification", "CLIPVisionModel",
+                 "CLIPVisionModelWithProjection")
+
+    def owns(self, model: nn.Module) -> bool:
+        from .base import original_class
+
+        try:
+            from transformers import PreTrainedModel
+        except ImportError:
+            return False
+        return isinstance(model, PreTrainedModel)
+
+    def check_supported(self, model: nn.Module) -> None:
+        from .base import original_class
+
+        if isinstance(getattr(model, "sparse_tuning", None), SparseTuningState):
+            raise ValueError("Sparse-Tuning is already applied to this model; apply it once, to a fresh model")
+        name = original_class(model).__name__
+        if name not in self.SUPPORTED:
+            why = {"Siglip": "it has no class token (token sparsification ranks tokens by the class token's "
+                             "attention)", "Swin": "it is not a plain ViT (windowed attention)",
+                   "ConvNext": "it is not a transformer", "Beit": "its relative position bias is not supported"}
+            reason = next((v for k, v in why.items() if name.startswith(k)), "it is not one of the supported classes")
+            raise ValueError(f"{name} cannot take Sparse-Tuning: {reason}; supported: {', '.join(self.SUPPORTED)}")
+        from .hf_vit import layer_parts
+
+        try:
+            [layer_parts(layer) for layer in _layers(model)]
+        except AttributeError as e:
+            raise ValueError(f"{name}: a layer of an unexpected form ({e})") from None
+
+    def knows(self, name: str) -> bool:
+        return name.startswith(PREFIX)
+
+    def check_name(self, name: str) -> None:
+        if not name.startswith(PREFIX):
+            raise ValueError(f"{name!r}: transformers models are named hf:ID_OR_DIR")
+
+    def create(self, name: str, pretrained: bool = False, img_size: Optional[int] = None,
+               num_classes: Optional[int] = None, device: str | torch.device = "cpu") -> nn.Module:
+        from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+        source = name[len(PREFIX):]
+        kwargs: dict[str, Any] = {}
+        if img_size:
+            kwargs["image_size"] = img_size
+        try:
+            config = AutoConfig.from_pretrained(source, **kwargs)
+        except OSError as e:
+            raise ValueError(f"cannot read the transformers model {source!r}: {' '.join(str(e).split())[:200]}") from None
+        if num_classes is not None:
+            config.num_labels = max(num_classes, 1)
+        auto = AutoModelForImageClassification if config.architectures and any(
+            "ForImageClassification" in a for a in config.architectures) or num_classes else AutoModel
+        with torch.device(device):
+            if pretrained:
+                return auto.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+            return auto.from_config(config)
+
+    def load_weights(self, model: nn.Module, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        result = model.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if "classifier" not in k and ".adapter." not in k]
+        if missing:
+            raise ValueError(f"{path} does not fit this model: missing {missing[:5]}")
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        return _layers(model)
+
+    def width(self, model: nn.Module) -> int:
+        return int(_backbone(model).config.hidden_size)
+
+    def num_heads(self, model: nn.Module) -> int:
+        return int(_backbone(model).config.num_attention_heads)
+
+    def num_prefix_tokens(self, model: nn.Module) -> int:
+        base = _backbone(model)
+        emb = base.embeddings
+        n = 1 + (getattr(emb, "distillation_token", None) is not None)
+        registers = getattr(emb, "register_tokens", None)
+        return n + (registers.shape[1] if registers is not None else 0)
+
+    def patch_size(self, model: nn.Module) -> tuple[int, int]:
+        p = _backbone(model).config.patch_size
+        return (p, p) if isinstance(p, int) else tuple(p)
+
+    def input_size(self, model: nn.Module) -> tuple[int, int, int]:
+        c = _backbone(model).config
+        s = c.image_size
+        return (c.num_channels, *((s, s) if isinstance(s, int) else s))
+
+    def check_input_size(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
+        C, H, W = input_size
+        ph, pw = self.patch_size(model)
+        if H % ph or W % pw:
+            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {ph}x{pw}")
+        if (C, H, W) != self.input_size(model):
+            raise ValueError(f"input {C}x{H}x{W} differs from the model's {'x'.join(map(str, self.input_size(model)))}")
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        # The patched layers carry the switch (their own attention code reads it); unpatched ones
+        # follow transformers' config._attn_implementation.
+        return [layer for layer in _layers(model) if hasattr(layer, "fused_attn")]
+
+    def classifier(self, model: nn.Module) -> list[nn.Module]:
+        # CLIP's visual_projection maps into the text space: part of the frozen backbone, not a head.
+        heads = [getattr(model, n) for n in ("classifier", "cls_classifier", "distillation_classifier")
+                 if isinstance(getattr(model, n, None), nn.Module)]
+        return heads
+
+    def classifier_classes(self, model: nn.Module) -> int:
+        return int(getattr(model.config, "num_labels", 0)) if self.classifier(model) else 0
+
+    def data_config(self, model: nn.Module) -> dict[str, Any]:
+        source = getattr(model.config, "_name_or_path", "")
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        interpolation = "bilinear"
+        try:
+            from transformers import AutoImageProcessor
+
+            proc = AutoImageProcessor.from_pretrained(source) if source else None
+        except (OSError, ValueError):
+            proc = None
+        if proc is not None:
+            mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+            interpolation = {2: "bilinear", 3: "bicubic"}.get(int(getattr(proc, "resample", 2)), "bilinear")
+        return {"input_size": self.input_size(model), "mean": mean, "std": std, "interpolation": interpolation,
+                "crop_pct": 1.0, "crop_mode": "center"}
+
+    def features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return _backbone(model)(pixel_values=x).last_hidden_state
+
+    def head(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        return model.classifier(features[:, 0])
+
+    def patch(self, model: nn.Module, config: SparseTuningConfig) -> SparseTuningState:
+        from .hf_vit import patch_layers
+
+        self.check_supported(model)
+        return patch_layers(model, _layers(model), self.width(model), self.num_heads(model),
+                            self.num_prefix_tokens(model), config)
+
+    def lora_targets(self, model: nn.Module) -> list[str]:
+        from .hf_vit import layer_parts
+
+        attention = layer_parts(_layers(model)[0])[1]
+        return ["q_proj", "v_proj"] if hasattr(attention, "q_proj") else ["query", "value"]
+
+    def file_name(self, name: str) -> str:
+        import re
+
+        m = re.search(r"(?:^|\.)layers?\.(\d+)\.adapter\.(.+)$", name)
+        if m:
+            return f"blocks.{m.group(1)}.adapter.{m.group(2)}"
+        if name.startswith("classifier."):
+            return "head." + name[len("classifier."):]
+        return name
+
+    def signature(self, model: nn.Module) -> dict[str, Any]:
+        return {"embed_dim": self.width(model), "depth": len(self.blocks(model)), "num_heads": self.num_heads(model),
+                "num_prefix_tokens": self.num_prefix_tokens(model), "num_classes": self.classifier_classes(model)}

@@ -1,0 +1,167 @@
+"""The transformers host: the same method on a Hugging Face ViT as on timm's, exactly."""
+import pytest
+import torch
+from conftest import randomize_adapters, tiny_vit
+
+import sparse_tuning as st
+
+transformers = pytest.importorskip("transformers")
+
+DEPTH, WIDTH, HEADS, CLASSES = 12, 64, 4, 10
+
+
+def hf_vit(**kw):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS,
+                       intermediate_size=4 * WIDTH, image_size=32, patch_size=4, num_labels=CLASSES,
+                       layer_norm_eps=1e-6, qkv_bias=True, hidden_act="gelu", **kw)
+    model = ViTForImageClassification(config).eval()
+    with torch.no_grad():  # transformers starts position embeddings and class token near zero
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def timm_from_hf(hf):
+    """A timm ViT holding the transformers model's weights (the mapping written here, by hand)."""
+    vit = tiny_vit().double()
+    layers = hf.vit.layers if hasattr(hf.vit, "layers") else hf.vit.encoder.layer
+    state = {"patch_embed.proj.weight": hf.vit.embeddings.patch_embeddings.projection.weight,
+             "patch_embed.proj.bias": hf.vit.embeddings.patch_embeddings.projection.bias,
+             "cls_token": hf.vit.embeddings.cls_token, "pos_embed": hf.vit.embeddings.position_embeddings,
+             "norm.weight": hf.vit.layernorm.weight, "norm.bias": hf.vit.layernorm.bias,
+             "head.weight": hf.classifier.weight, "head.bias": hf.classifier.bias}
+    from sparse_tuning.hosts.hf_vit import projections
+
+    for i, layer in enumerate(layers):
+        q, k, v, o = projections(layer.attention)
+        mlp = layer.mlp
+        state.update({
+            f"blocks.{i}.norm1.weight": layer.layernorm_before.weight, f"blocks.{i}.norm1.bias": layer.layernorm_before.bias,
+            f"blocks.{i}.attn.qkv.weight": torch.cat([q.weight, k.weight, v.weight]),
+            f"blocks.{i}.attn.qkv.bias": torch.cat([q.bias, k.bias, v.bias]),
+            f"blocks.{i}.attn.proj.weight": o.weight, f"blocks.{i}.attn.proj.bias": o.bias,
+            f"blocks.{i}.norm2.weight": layer.layernorm_after.weight, f"blocks.{i}.norm2.bias": layer.layernorm_after.bias,
+            f"blocks.{i}.mlp.fc1.weight": mlp.fc1.weight, f"blocks.{i}.mlp.fc1.bias": mlp.fc1.bias,
+            f"blocks.{i}.mlp.fc2.weight": mlp.fc2.weight, f"blocks.{i}.mlp.fc2.bias": mlp.fc2.bias,
+        })
+    vit.load_state_dict({k: v.detach().double() for k, v in state.items()})
+    return vit.eval()
+
+
+@pytest.fixture
+def images():
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def test_the_weight_mapping_is_right(images):
+    hf = hf_vit().double()
+    vit = timm_from_hf(hf)
+    with torch.no_grad():
+        assert torch.allclose(hf(pixel_values=images.double()).logits, vit(images.double()), atol=1e-10)
+
+
+def test_freshly_applied_at_keep_rate_1_it_computes_the_plain_model(images):
+    plain = hf_vit()
+    with torch.no_grad():
+        expected = plain(pixel_values=images).logits
+    model = st.apply(hf_vit(), st.SparseTuningConfig(keep_rate=1.0))
+    with torch.no_grad():
+        assert torch.allclose(model(pixel_values=images).logits, expected, atol=1e-5)
+    assert all(len(k[0]) == 64 for k in [st.kept_tokens(model)[0]])
+
+
+@pytest.mark.parametrize("merge", ["mean", "sum", "drop"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_transformers_and_timm_give_the_same_logits_and_kept_tokens(images, tmp_path, merge, fused):
+    hf = hf_vit().double()
+    vit = timm_from_hf(hf)
+    config = st.SparseTuningConfig(keep_rate=0.6, merge=merge)
+    st.apply(vit, config)
+    randomize_adapters(vit)
+    st.save_adapters(vit, tmp_path / "timm.safetensors")
+    st.load_adapters(hf, tmp_path / "timm.safetensors")  # the file moves from one host to the other
+    vit.sparse_tuning.fused_attn = hf.sparse_tuning.fused_attn = fused
+    x = images.double()
+    with torch.no_grad():
+        a, b = vit(x), hf(pixel_values=x).logits
+    assert torch.allclose(a, b, atol=1e-10, rtol=0)
+    assert all(torch.equal(p, q) for p, q in zip(st.kept_tokens(vit), st.kept_tokens(hf)))
+    assert hf.sparse_tuning.last_tokens == vit.sparse_tuning.last_tokens
+    # and back: the transformers model's file onto a fresh timm one
+    st.save_adapters(hf, tmp_path / "hf.safetensors")
+    again = st.load_adapters(timm_from_hf(hf_vit().double()), tmp_path / "hf.safetensors")
+    again.sparse_tuning.fused_attn = fused
+    with torch.no_grad():
+        assert torch.allclose(again(x), a, atol=1e-10, rtol=0)
+
+
+def test_only_adapters_and_head_train_and_the_output_object_stays(images):
+    model = st.apply(hf_vit(), st.SparseTuningConfig())
+    names = [n for n, _ in st.trainable_named_parameters(model)]
+    assert names and all(".adapter." in n or n.startswith("classifier.") for n in names)
+    out = model(pixel_values=images, labels=torch.tensor([1, 2]))
+    assert out.loss is not None and out.logits.shape == (2, CLASSES)
+    out.loss.backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in names)
+    assert st.count_flops(model, (3, 32, 32)) < st.count_flops(hf_vit(), (3, 32, 32))
+
+
+def test_unsupported_transformers_models_are_refused_with_the_reason():
+    from transformers import SwinConfig, SwinModel
+
+    swin = SwinModel(SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 1],
+                                window_size=2))
+    with pytest.raises(ValueError, match="not a plain ViT"):
+        st.apply(swin)
+
+
+def _family(name):
+    import transformers as tf
+
+    small = dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=4 * WIDTH,
+                 image_size=32, patch_size=4)
+    torch.manual_seed(0)
+    if name == "deit-teacher":
+        return tf.DeiTForImageClassificationWithTeacher(tf.DeiTConfig(**small, num_labels=CLASSES)), 2
+    if name == "dinov2-registers":
+        return tf.Dinov2WithRegistersModel(tf.Dinov2WithRegistersConfig(**small, num_register_tokens=4)), 5
+    if name == "dinov2":
+        return tf.Dinov2ForImageClassification(tf.Dinov2Config(**small, num_labels=CLASSES)), 1
+    return tf.CLIPVisionModel(tf.CLIPVisionConfig(**small)), 1
+
+
+def _output(model, x):
+    out = model(pixel_values=x)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.mark.parametrize("name", ["deit-teacher", "dinov2-registers", "dinov2", "clip"])
+def test_other_families_at_keep_rate_1_compute_the_plain_model_and_count_tokens_as_on_timm(name, images):
+    from sparse_tuning.core.sparsify import keep_count
+
+    plain, prefix = _family(name)
+    plain.eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        expected = _output(plain, images)
+    import copy
+
+    model = st.apply(copy.deepcopy(plain), st.SparseTuningConfig(keep_rate=1.0))
+    with torch.no_grad():
+        assert torch.allclose(_output(model, images), expected, atol=1e-5)
+    model.sparse_tuning.keep_rate = 0.7
+    with torch.no_grad():
+        _output(model, images)
+    # 64 patches: each step keeps ceil(0.7 M) and fuses the rest into one token, after the prefix
+    m, counts = 64, []
+    for _ in range(3):
+        k = keep_count(0.7, m)
+        counts.append(prefix + k + 1)
+        m = k + 1
+    after = [n_out for n_in, n_out in model.sparse_tuning.last_tokens if n_in != n_out]
+    assert after == counts
+    assert model.sparse_tuning.num_prefix == prefix
