@@ -110,7 +110,12 @@ def test_only_adapters_and_head_train_and_the_output_object_stays(images):
 
 
 def test_unsupported_transformers_models_are_refused_with_the_reason():
-    from transformers import SwinConfig, SwinModel
+    from transformers import SiglipVisionConfig, SiglipVisionModel, SwinConfig, SwinModel
+
+    siglip = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                  intermediate_size=64, image_size=32, patch_size=4))
+    with pytest.raises(ValueError, match="no class token"):
+        st.apply(siglip)
 
     swin = SwinModel(SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 1],
                                 window_size=2))
@@ -165,3 +170,79 @@ def test_other_families_at_keep_rate_1_compute_the_plain_model_and_count_tokens_
     after = [n_out for n_in, n_out in model.sparse_tuning.last_tokens if n_in != n_out]
     assert after == counts
     assert model.sparse_tuning.num_prefix == prefix
+
+
+def test_a_transformers_folder_through_the_command_line(tmp_path, capsys):
+    """hf:DIR (save_pretrained, offline): train, eval, predict; flops agrees with timm's count."""
+    import json
+
+    from data_files import make_folder
+
+    from sparse_tuning.cli import main
+
+    hf = hf_vit()
+    hf.save_pretrained(tmp_path / "vit")
+    data = make_folder(tmp_path / "ds", classes=3, train=8, val=4)
+    run = tmp_path / "run"
+    assert main(["train", "--model", f"hf:{tmp_path / 'vit'}", "--data", f"folder:{data}", "--epochs", "1",
+                 "--batch-size", "8", "--num-workers", "0", "--out", str(run)]) == 0
+    assert json.loads((run / "results.json").read_text())["final"]["images"] == 12
+    assert main(["eval", "--run", str(run), "--keep-rate", "0.5"]) == 0
+    assert main(["predict", "--run", str(run), str(data / "val" / "class_0" / "0.png")]) == 0
+    # Export: ONNX, checked with onnxruntime, and torch.export, against the trained model.
+    import numpy as np
+    import onnxruntime
+
+    from sparse_tuning.training.run import load_run
+
+    model, _ = load_run(run)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(pixel_values=x).logits
+    assert main(["export", "--run", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.allclose(got, expected.numpy(), atol=1e-4)
+    assert main(["export", "--run", str(run), "--format", "export", "--out", str(tmp_path / "m.pt2")]) == 0
+    program = torch.export.load(str(tmp_path / "m.pt2"))
+    assert torch.allclose(program.module()(x), expected, atol=1e-4)
+    # The backbone still saves as transformers saves it.
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "config.json").is_file()
+    capsys.readouterr()
+    assert main(["flops", "--model", f"hf:{tmp_path / 'vit'}", "--json"]) == 0
+    hf_cost = json.loads(capsys.readouterr().out)
+    assert main(["flops", "--model", "st_vit_micro_patch4_32", "--num-classes", str(CLASSES), "--json"]) == 0
+    timm_cost = json.loads(capsys.readouterr().out)
+    assert hf_cost["gflops"] == pytest.approx(timm_cost["gflops"], rel=1e-9)
+    assert hf_cost["tokens_per_block"] == timm_cost["tokens_per_block"]
+    assert hf_cost["params_trainable"] == timm_cost["params_trainable"]
+
+
+def test_transformers_trainer_trains_only_adapters_and_head(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = st.apply(hf_vit(), st.SparseTuningConfig())
+    trainable = {n for n, _ in st.trainable_named_parameters(model)}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    rows = [{"pixel_values": torch.randn(3, 32, 32, generator=g), "labels": i % CLASSES} for i in range(16)]
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=3,
+                             learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True,
+                             dataloader_num_workers=0)
+    Trainer(model=model, args=args, train_dataset=rows).train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+
+
+def test_lora_linear_and_full_run_on_the_transformers_host(images):
+    from sparse_tuning.methods import prepare
+
+    lora = prepare(hf_vit(), "lora")
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.startswith("classifier.") for n in trainable)
+    assert any("q_proj" in n for n in trainable) and any("v_proj" in n for n in trainable)
+    linear = prepare(hf_vit(), "linear")
+    assert {n for n, p in linear.named_parameters() if p.requires_grad} == {"classifier.weight", "classifier.bias"}
+    with pytest.raises(ValueError, match="not available on transformers models"):
+        prepare(hf_vit(), "vpt")

@@ -29,6 +29,11 @@ def host_for(model: nn.Module) -> Host:
                      + ": the models Sparse-Tuning serves")
 
 
+def logits_of(output) -> torch.Tensor:
+    """The logits of a model's output: the tensor itself (timm) or its ``.logits`` (transformers)."""
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
 def host_named(model_name: str) -> Host:
     """The host that builds ``model_name``; an unknown name is one line with close names."""
     for host in HOSTS:
@@ -45,4 +50,4 @@ def build_architecture(name: str, img_size: Optional[int] = None, num_classes: O
                                    device=device)
 
 
-__all__ = ["Host", "all_hosts", "build_architecture", "host_for", "host_named", "original_class"]
+__all__ = ["Host", "logits_of", "all_hosts", "build_architecture", "host_for", "host_named", "original_class"]

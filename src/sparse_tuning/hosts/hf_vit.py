@@ -105,6 +105,10 @@ def layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         st._steps.append(None if step is None else step.detached())
     else:
         attention_mask = args[0] if args else kwargs.pop("attention_mask", None)
+        if attention_mask is not None and attention_mask.shape[-1] != N:
+            # The model's mask is over the tokens before sparsification (all of them visible in a
+            # ViT; tracing materialises it): past a sparsifying layer it no longer applies.
+            attention_mask = None
         x = x + after_attention(attention(h, attention_mask=attention_mask, **kwargs)[0])
     out = x + ffn(norm2(x))
     if self.adapter is not None:

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..api import count_params
 from ..files import atomic_path, atomic_write_text
-from ..hosts import build_architecture, host_for
+from ..hosts import build_architecture, host_for, logits_of
 from ..methods import get_method, method_names, prepare
 from ..training.devices import autocast
 from .flops import flop_report
@@ -93,7 +93,7 @@ class Step:
     def train_step(self) -> None:
         self.model.train()
         with autocast(self.setup.device, self.setup.amp):
-            loss = nn.functional.cross_entropy(self.model(self.x), self.y)
+            loss = nn.functional.cross_entropy(logits_of(self.model(self.x)), self.y)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save
 
 from ..api import set_keep_rate
 from ..files import atomic_files, atomic_path, atomic_write_bytes
-from ..hosts import build_architecture, host_for
+from ..hosts import build_architecture, host_for, logits_of
 from ..methods import get_method, prepare
 from ..training.config import RunConfig
 from .options import EXPORT_FORMATS as FORMATS
@@ -44,19 +44,20 @@ def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | P
     out.parent.mkdir(parents=True, exist_ok=True)
     model = for_inference(model, run_config.method)
     x = example_input(model)
+    graph = _Logits(model)  # the graph formats return the logits tensor, whatever the host's output object
     if fmt == "safetensors":
         tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         meta = {"format": MODEL_FORMAT, "run_config": json.dumps(run_config.to_dict())}
         atomic_write_bytes(out, save(tensors, metadata=meta))
     elif fmt == "onnx":
         batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.onnx.export(model, (x,), dynamic_shapes=({0: batch},), input_names=["images"],
+        program = torch.onnx.export(graph, (x,), dynamic_shapes=({0: batch},), input_names=["images"],
                                     output_names=["logits"], dynamo=True)
         with atomic_files(out) as tmp:
             program.save(str(tmp))
     elif fmt == "export":
         batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(graph, (x,), dynamic_shapes=({0: batch},))
         with atomic_path(out) as tmp:
             torch.export.save(program, str(tmp))
     else:
@@ -64,10 +65,19 @@ def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | P
         # constants, which is right: the graph is for this input size, any batch.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(model, x, check_trace=False)
+            traced = torch.jit.trace(graph, x, check_trace=False)
         with atomic_path(out) as tmp:
             traced.save(str(tmp))
     return out
+
+
+class _Logits(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(x))
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, keep_rate: Optional[float] = None) -> Path:

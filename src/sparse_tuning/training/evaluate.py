@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.images import collate_skipping, quiet_worker
+from ..hosts import logits_of
 from .devices import autocast
 from .distributed import Dist, all_reduce_sum
 
@@ -35,7 +36,7 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 128, device: 
             continue
         images, labels = images.to(device), labels.to(device)
         with autocast(device, amp):
-            logits = model(images)
+            logits = logits_of(model(images))
         logits = logits.float()
         num_classes = logits.shape[1]
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices

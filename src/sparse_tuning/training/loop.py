@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from ..api import count_params
 from ..data.images import ImageData, SeededDataset, collate_skipping, quiet_worker
+from ..hosts import logits_of
 from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -204,7 +205,7 @@ class Trainer:
                 images, labels = self.mixup(images, labels)
             sync = self.net.no_sync() if d.enabled and m < cfg.grad_accum - 1 else nullcontext()
             with sync, autocast(device, cfg.amp):
-                loss = self.criterion(self.net(images), labels) / cfg.grad_accum
+                loss = self.criterion(logits_of(self.net(images)), labels) / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.detach().float()
             images_seen += len(images)

@@ -20,7 +20,7 @@ from ..adapter_io import save_adapters
 from ..data.options import absolute_spec
 from ..api import set_keep_rate
 from ..files import atomic_write_bytes
-from ..hosts import build_architecture, host_for, host_named
+from ..hosts import build_architecture, host_for, host_named, logits_of
 from ..methods import get_method, prepare
 from .checkpoint import load_trainable, save_trainable
 from .config import RunConfig, read_run_config, resolve_config
@@ -207,7 +207,7 @@ def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rat
     out = []
     for path, image in zip(images, loaded):
         with torch.no_grad():
-            probs = model(transform(image).unsqueeze(0).to(device)).softmax(-1)[0]
+            probs = logits_of(model(transform(image).unsqueeze(0).to(device))).softmax(-1)[0]
         top = probs.topk(min(top_k, probs.numel()))
         out.append({"image": str(path), "top": [{"label": cfg.classes[i], "index": int(i), "prob": float(p)}
                                                 for p, i in zip(top.values.tolist(), top.indices.tolist())]})
