@@ -263,6 +263,31 @@ def path_of(task):
     return (task / "test.txt").read_text().splitlines()[0].rsplit(" ", 1)[0]
 
 
+@pytest.mark.parametrize("pointer", ["missing", "damaged"])
+def test_without_a_readable_latest_json_the_newest_complete_checkpoint_resumes(folder, tmp_path, pointer):
+    run = tmp_path / "run"
+    assert train(folder, run, "--epochs", "2", "--log-every", "1") == 0
+    (run / "results.json").unlink()
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "step-0000006")
+    latest = run / "checkpoints" / "latest.json"
+    latest.unlink() if pointer == "missing" else latest.write_text('{"step": 6, "fol')
+    assert main(["train", "--resume", str(run)]) == 0
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"split"' not in l]
+    assert steps == [1, 2, 3, 4, 5, 6]  # steps 1-3 kept: resumed at step 3, not restarted
+
+
+def test_a_users_nested_config_is_not_taken_for_a_run(folder, tmp_path, capsys):
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "config.json").write_text(json.dumps({"model": "x", "method": "lora", "train": {"epochs": 2}}))
+    before = snapshot(mine)
+    one_line_error(capsys, train(folder, mine), "holds other files")
+    one_line_error(capsys, main(["train", "--resume", str(mine)]), "not a run folder")
+    assert snapshot(mine) == before
+
+
 def test_a_checkpoint_pointer_outside_the_run_is_refused(folder, tmp_path, capsys):
     run = tmp_path / "run"
     assert train(folder, run, "--epochs", "2") == 0

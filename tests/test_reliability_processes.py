@@ -89,8 +89,11 @@ def _trained_run(tmp_path, folder):
 
 
 class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("touch /tmp/sparse-tuning-pwned",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def setups(tmp_path, folder):
@@ -101,7 +104,7 @@ def setups(tmp_path, folder):
     (tmp_path / "truncated.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     (tmp_path / "random.pth").write_bytes(os.urandom(4096))
     with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"state": Evil()}, f)
+        pickle.dump({"state": Evil(tmp_path / "pwned")}, f)
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "empty").mkdir()
     (tmp_path / "a-file").write_text("x")
@@ -119,6 +122,11 @@ def setups(tmp_path, folder):
         "random weights": ([*train, "--weights", tmp_path / "random.pth", "--out", out], "not a checkpoint"),
         "malicious pickle": ([*train, "--weights", tmp_path / "evil.pth", "--out", out], "not a checkpoint"),
         "out under a file": ([*train, "--out", tmp_path / "a-file" / "run"], "a-file"),
+        "predict --output under a file": (["predict", "--run", "TRAINED", folder / "val" / "class_0" / "0.png",
+                                           "--output", tmp_path / "a-file" / "p.json"], "a-file"),
+        "predict with a damaged run": (["predict", "--run", "DAMAGED", folder / "val" / "class_0" / "0.png"],
+                                       "damaged"),
+        "a config.json edited to a wrong type": (["eval", "--run", "EDITED"], "expected an integer"),
         "predict a non-image": (["predict", "--run", "TRAINED", tmp_path / "notes.txt"], "cannot read"),
         "predict an empty folder": (["predict", "--run", "TRAINED", tmp_path / "empty"], "no image files"),
         "bench a resnet": (["bench", "--model", "resnet18", "--methods", "linear", "--rounds", "1",
@@ -138,10 +146,15 @@ def test_a_users_mistakes_are_one_line_and_exit_2_with_nothing_written(folder, t
     subprocess.run(["cp", "-r", run, damaged], check=True)
     data = (damaged / "trainable.safetensors").read_bytes()
     (damaged / "trainable.safetensors").write_bytes(data[:len(data) // 2])
+    edited = tmp_path / "edited"
+    subprocess.run(["cp", "-r", run, edited], check=True)
+    cfg = json.loads((edited / "config.json").read_text())
+    cfg["train"]["epochs"] = 1.5
+    (edited / "config.json").write_text(json.dumps(cfg))
     capsys.readouterr()
     failures = []
     for name, (argv, needle) in setups(tmp_path, folder).items():
-        argv = [str(damaged) if a == "DAMAGED" else str(run) if a == "TRAINED" else str(a) for a in argv]
+        argv = [{"DAMAGED": str(damaged), "TRAINED": str(run), "EDITED": str(edited)}.get(a, str(a)) for a in argv]
         code = main(argv)
         err = capsys.readouterr().err
         lines = err.strip().splitlines()
@@ -149,7 +162,7 @@ def test_a_users_mistakes_are_one_line_and_exit_2_with_nothing_written(folder, t
             failures.append(f"{name}: exit {code}, {err[-300:]!r}")
         assert not (tmp_path / "out").exists(), name
     assert not failures, "\n".join(failures)
-    assert not os.path.exists("/tmp/sparse-tuning-pwned"), "a pickle in --weights ran code"
+    assert not (tmp_path / "pwned").exists(), "a pickle in --weights ran code"
 
 
 def test_a_video_without_frames_is_skipped_and_counted(tmp_path):

@@ -45,7 +45,8 @@ def run_config(args: argparse.Namespace, method: str, seed: int):
 
 
 def phase_train(args: argparse.Namespace) -> None:
-    from sparse_tuning.training.run import train_run
+    from sparse_tuning.training.run import resume_config, train_run
+    from sparse_tuning.training.run_folder import is_run_folder
 
     for seed in args.seeds:
         for method in args.methods:
@@ -53,7 +54,10 @@ def phase_train(args: argparse.Namespace) -> None:
             if (run / "results.json").is_file():
                 continue
             print(f"[train] {method} seed {seed} -> {run}", flush=True)
-            train_run(run_config(args, method, seed), run)
+            if is_run_folder(run):  # an interrupted run: continued where it stopped
+                train_run(resume_config(run), run, resume=True)
+            else:
+                train_run(run_config(args, method, seed), run)
 
 
 def phase_sweep(args: argparse.Namespace) -> None:

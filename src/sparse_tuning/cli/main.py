@@ -61,9 +61,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Interrupted as e:  # a clean stop, with a checkpoint: the shell's code for the signal
         print(f"sparse-tuning {args.command}: {e}", file=sys.stderr)
         return 128 + e.signal
-    except KeyboardInterrupt:  # a second Ctrl-C: at once, the last checkpoint stands
-        print(f"sparse-tuning {args.command}: interrupted; the last checkpoint stands (--resume continues from it)",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or any Ctrl-C elsewhere: at once
+        after = "; the last checkpoint stands (--resume continues from it)" if args.command == "train" else ""
+        print(f"sparse-tuning {args.command}: interrupted{after}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, TrainingError) as e:  # DataError is a ValueError
         return _one_line(args.command, str(e))
@@ -76,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # The machine refuses what the user asked of it: a read-only or full output folder, a path that
 # is a file where a folder is needed.
 USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
-                  errno.EISDIR, errno.ENAMETOOLONG}
+                  errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
 
 
 def _one_line(command: str, message: str) -> int:

@@ -11,6 +11,7 @@ Unreadable images are skipped and counted (``strict=False``) or fail with their 
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,7 +308,8 @@ def read_vtab_list(task_dir: Path, name: str) -> list[tuple[Path, int]]:
         if label < 0:
             raise DataError(f"{path}:{n}: label {label} is negative")
         image = task_dir / parts[0]
-        if Path(parts[0]).is_absolute() or not image.resolve().is_relative_to(task_dir.resolve()):
+        relative = os.path.normpath(parts[0])  # lexical: an images/ folder may be a link to shared storage
+        if os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep):
             raise DataError(f"{path}:{n}: {parts[0]!r} is outside the task folder; list files name images "
                             "relative to it (images/...)")
         if not image.is_file():
@@ -328,10 +330,10 @@ def _vtab(spec: DataSpec, train_tf, eval_tf) -> ImageData:
     # Labels are 0..K-1 with every class in the training list: a typo (5000000) or a class seen only
     # in test.txt would otherwise build a head of that many classes, silently.
     labels = sorted({label for _, label in train})
-    if labels != list(range(len(labels))):
-        missing = sorted(set(range(labels[-1] + 1)) - set(labels))
+    if labels[-1] != len(labels) - 1:  # the first gap, without building 0..max (a typo may be huge)
+        gap = next(i for i, label in enumerate(labels) if label != i)
         raise DataError(f"{spec.path}/train800val200.txt: labels must be 0..K-1 with every class present; "
-                        f"{len(missing)} of 0..{labels[-1]} have no image (e.g. {missing[:3]})")
+                        f"label {gap} has no image, and the largest is {labels[-1]}")
     unseen = sorted({label for _, label in test} - set(labels))
     if unseen:
         raise DataError(f"{spec.path}/test.txt has label(s) {unseen[:3]} that train800val200.txt never has")

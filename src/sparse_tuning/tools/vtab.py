@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from ..files import atomic_write_bytes
 from ..training.run import resolve_config, train_run
+from ..training.run_folder import is_run_folder
 from .tables import markdown_table
 
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -63,7 +64,7 @@ def run_vtab(root: str | Path, out: str | Path, tasks: tuple[str, ...], layers: 
             res = json.loads(done.read_text())
             log(f"task {i + 1}/{len(tasks)} {task}: done before (best top-1 {res['best']['top1']:.2f})")
         else:
-            resume = (run_dir / "checkpoints" / "latest.json").is_file()
+            resume = is_run_folder(run_dir)  # started before, finished or not: continued, not restarted
             log(f"task {i + 1}/{len(tasks)} {task}: " + ("resuming" if resume else "training") + f" into {run_dir}")
             res = train_run(cfg, run_dir, resume=resume, log=log)
         results[task] = {"best": res["best"]["top1"], "final": res["final"]["top1"]}

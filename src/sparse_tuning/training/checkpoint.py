@@ -90,16 +90,24 @@ def save_checkpoint(run_dir: Path, model: nn.Module, state: dict[str, Any], step
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    pointer = Path(run_dir) / "checkpoints" / "latest.json"
-    if not pointer.is_file():
-        return None
-    try:
-        name = json.loads(pointer.read_text())["folder"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{pointer} is damaged ({e}); remove it to resume from the newest complete checkpoint") from None
-    if not (isinstance(name, str) and re.fullmatch(r"step-\d{7}", name)):
-        raise ValueError(f"{pointer} names {name!r}, not a checkpoint folder of this run (step-NNNNNNN)")
-    return pointer.parent / name
+    """The checkpoint latest.json names; without a readable latest.json, the newest complete
+    step-NNNNNNN folder (both files there), so a damaged pointer never restarts a run."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest.json"
+    name = None
+    if pointer.is_file():
+        try:
+            name = json.loads(pointer.read_text())["folder"]
+        except (ValueError, KeyError, TypeError):
+            name = None
+        else:
+            if not (isinstance(name, str) and re.fullmatch(r"step-\d{7}", name)):
+                raise ValueError(f"{pointer} names {name!r}, not a checkpoint folder of this run (step-NNNNNNN)")
+    if name is not None:
+        return root / name
+    complete = [f for f in sorted(root.glob("step-*")) if re.fullmatch(r"step-\d{7}", f.name)
+                and (f / "trainable.safetensors").is_file() and (f / "state.pt").is_file()]
+    return complete[-1] if complete else None
 
 
 def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:

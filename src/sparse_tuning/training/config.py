@@ -77,8 +77,8 @@ def check_device(device: str) -> None:
     """auto, cpu, cuda, cuda:N or mps; anything else is one line (torch would raise its own)."""
     import re
 
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):
-        raise ValueError(f"device={device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if not re.fullmatch(r"auto|cpu|(cuda|mps|xpu)(:\d+)?", str(device)):
+        raise ValueError(f"device={device!r}: expected auto, cpu, cuda, cuda:N, mps or xpu")
 
 
 def check_machine(train: TrainConfig) -> None:
@@ -268,4 +268,18 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
-    return RunConfig.from_dict(json.loads(path.read_text()))
+    try:
+        recorded = json.loads(path.read_text())
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+        train = dict(recorded.get("train") or {})
+        if train.get("clip_grad") == 0:  # written before 0 was refused: it meant no clipping
+            train["clip_grad"] = None
+        recorded["train"] = train
+        top = {k: v for k, v in recorded.items() if k not in SECTIONS}
+        check_values(RunConfig, top)
+        for section, cls in (("video", VideoConfig), ("train", TrainConfig)):
+            check_values(cls, recorded.get(section) or {}, section)
+        return RunConfig.from_dict(recorded)
+    except ValueError as e:
+        raise ValueError(f"{path} cannot be read as a run's config: {e}") from None

@@ -135,9 +135,11 @@ class Trainer:
     def _check_resumable(self, state: dict[str, Any], folder: Path) -> None:
         """The checkpoint belongs to this config and this data, or the resume stops here."""
         saved_steps = state.get("steps_per_epoch", self.steps_per_epoch)
-        if saved_steps != self.steps_per_epoch:
-            raise TrainingError(f"the training data changed since {folder} was saved ({saved_steps} steps per epoch "
-                                f"then, {self.steps_per_epoch} now); resume with the data the run was trained on")
+        saved_images = state.get("train_images", len(self.data.train))
+        if (saved_steps, saved_images) != (self.steps_per_epoch, len(self.data.train)):
+            raise TrainingError(f"the training data changed since {folder} was saved ({saved_images} images, "
+                                f"{saved_steps} steps per epoch then; {len(self.data.train)} and {self.steps_per_epoch} "
+                                "now); resume with the data the run was trained on")
         if self.record is not None and state.get("run_config") is not None:
             then, now = _comparable(state["run_config"], self.changeable), _comparable(self.record, self.changeable)
             changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
@@ -170,7 +172,8 @@ class Trainer:
             state = {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
                      "rng": rng_state(), "step": self.step_index, "best": self.best,
                      "train_config": dataclasses.asdict(self.cfg), "steps_per_epoch": self.steps_per_epoch,
-                     "evaluated_epoch": self.evaluated_epoch, "run_config": json.dumps(self.record)}
+                     "evaluated_epoch": self.evaluated_epoch, "run_config": json.dumps(self.record),
+                     "train_images": len(self.data.train)}
             save_checkpoint(self.run_dir, self.model, state, self.step_index, self.metadata)
 
     def loader(self, epoch: int):
@@ -209,8 +212,12 @@ class Trainer:
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.detach().float()
             images_seen += len(images)
-        loss_value, = all_reduce_sum([float(loss_sum)], d, device)
+        # One reduction carries the loss and whether any rank was asked to stop, so that every
+        # rank stops after the same step (torchrun signals them one by one).
+        loss_value, stopping = all_reduce_sum([float(loss_sum), float(self.stop_signal is not None)], d, device)
         loss_value /= d.world
+        if stopping and self.stop_signal is None:
+            self.stop_signal = signal.SIGTERM
         if not math.isfinite(loss_value):
             last = latest_checkpoint(self.run_dir)
             raise TrainingError(f"the loss became {loss_value} at step {self.step_index + 1}; stopped without "
@@ -261,6 +268,7 @@ class Trainer:
                 final = self._end_epoch(epoch - 1, progress)  # stopped between its last step and its evaluation
             for epoch in range(epoch, cfg.epochs):
                 batches, sampler = self.loader(epoch)
+                read_before = self.images_read
                 self.net.train()
                 for _ in range(sampler.start_batch, self.steps_per_epoch):
                     loss, lr, rate = self.step(batches)
@@ -272,7 +280,8 @@ class Trainer:
                     if cfg.save_every and self.step_index % cfg.save_every == 0:
                         self.checkpoint()
                     self._stop_if_asked(progress)
-                if not self.images_read:
+                read, = all_reduce_sum([float(self.images_read - read_before)], d, self.device)
+                if not read:  # all ranks agree: none of them read an image this epoch
                     raise TrainingError(f"no training image could be read in epoch {epoch} ({self.skipped} skipped); "
                                         "check the data (--strict-data names the first bad file)")
                 if self._evaluates(epoch):
@@ -341,6 +350,9 @@ class _StopOnSignal:
         if self.trainer.stop_signal is not None:
             raise KeyboardInterrupt
         self.trainer.stop_signal = signum
+        if self.trainer.d.main:
+            self.trainer.log(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                             "(a second one stops at once)")
 
     def __enter__(self) -> "_StopOnSignal":
         import threading
@@ -354,6 +366,13 @@ class _StopOnSignal:
             signal.signal(s, handler)
 
 
+# What a resume may find changed without a word: where the run happens (device, workers, batch
+# size of evaluation), how often it reports, and where its data now lives (the classes and the
+# number of images are checked instead).
+MACHINE_FIELDS = ("train.device", "train.num_workers", "train.log_every", "train.save_every", "train.eval_batch_size",
+                  "download", "data", "weights")
+
+
 def _comparable(record: Any, changeable: tuple[str, ...]) -> dict[str, Any]:
     """A run config flattened to 'section.field' keys, without what a resume may change."""
     if isinstance(record, str):
@@ -364,7 +383,7 @@ def _comparable(record: Any, changeable: tuple[str, ...]) -> dict[str, Any]:
             flat.update({f"{key}.{k}": v for k, v in value.items() if not (key == "train" and k in changeable)})
         else:
             flat[key] = value
-    return flat
+    return {k: v for k, v in flat.items() if k not in MACHINE_FIELDS}
 
 
 def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,

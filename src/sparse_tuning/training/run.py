@@ -25,7 +25,7 @@ from ..methods import get_method, prepare
 from .checkpoint import load_trainable, save_trainable
 from .config import RunConfig, read_run_config, resolve_config
 from .loop import Trainer, evaluate, resolve_device
-from .run_folder import RunFolderError, RunLock, check_new_folder, read_json, remove_temporaries
+from .run_folder import RunFolderError, RunLock, check_new_folder, is_run_folder, read_json, remove_temporaries
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
@@ -74,14 +74,20 @@ def resume_config(run_dir: str | Path, **changes: Any) -> RunConfig:
     if bad:
         raise RunFolderError(f"--resume continues a run as config.json records it; it may change only "
                              f"{', '.join('--' + c.replace('_', '-') for c in RESUME_CHANGES)}, not {bad[0]}")
+    if not is_run_folder(run_dir):
+        raise RunFolderError(f"{run_dir} is not a run folder that train wrote (its config.json records no classes)")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes)) if changes else cfg
+    _check_not_finished(run_dir, cfg)
+    return cfg
+
+
+def _check_not_finished(run_dir: Path, cfg: RunConfig) -> None:
     done = run_dir / "results.json"
     if done.is_file():
         final = read_json(done, "the results of a finished run").get("final") or {}
         if final.get("epoch", -1) + 1 >= cfg.train.epochs:
             raise RunFolderError(f"{run_dir} is finished ({cfg.train.epochs} epochs, results.json); nothing to "
                                  f"resume. To train it longer: --resume {run_dir} --epochs N with N > {cfg.train.epochs}")
-    return cfg
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, log=print) -> dict[str, Any]:
@@ -95,18 +101,25 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, log=pri
     if main and not resume:
         check_new_folder(run_dir)
     created = main and not run_dir.exists()
+    lock = RunLock(run_dir, enabled=main)
     try:
-        return _train_locked(cfg, run_dir, resume, log, main)
+        return _train_locked(cfg, run_dir, resume, log, main, lock)
     except BaseException:
-        if created and not any(p.name != ".lock" for p in run_dir.iterdir()):
-            (run_dir / ".lock").unlink(missing_ok=True)  # a run refused before its first file: no trace
+        # A run refused before its first file leaves no trace; only the process that made the
+        # folder and held its lock removes it.
+        if created and lock.acquired and run_dir.is_dir() and not any(p.name != ".lock" for p in run_dir.iterdir()):
+            (run_dir / ".lock").unlink(missing_ok=True)
             run_dir.rmdir()
         raise
 
 
-def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, log, main: bool) -> dict[str, Any]:
-    with RunLock(run_dir, enabled=main):
-        if main:
+def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, log, main: bool, lock: RunLock) -> dict[str, Any]:
+    with lock:
+        if main:  # again under the lock: another process may have started in between
+            if resume:
+                _check_not_finished(run_dir, cfg)
+            else:
+                check_new_folder(run_dir)
             remove_temporaries(run_dir)
         probe = build_architecture(cfg.model, cfg.img_size)  # for its data config
         data = load_data(cfg, probe)

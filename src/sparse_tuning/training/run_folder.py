@@ -12,7 +12,6 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 
 class RunFolderError(ValueError):
@@ -22,6 +21,7 @@ class RunFolderError(ValueError):
 class RunLock:
     def __init__(self, run_dir: str | Path, enabled: bool = True) -> None:
         self.path, self.enabled, self.fd = Path(run_dir) / ".lock", enabled, None
+        self.acquired = False  # this process held the lock (stays True after release)
 
     def __enter__(self) -> "RunLock":
         if not self.enabled:
@@ -37,7 +37,7 @@ class RunLock:
                                  "wait for it to finish or choose another --out") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
+        self.fd, self.acquired = fd, True
         return self
 
     def __exit__(self, *exc) -> None:
@@ -48,11 +48,17 @@ class RunLock:
 
 
 def is_run_config(path: Path) -> bool:
+    """A config.json that ``train`` wrote (it records the data's classes), not a user's own file
+    of the same nested form."""
     try:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(cfg, dict) and {"model", "method", "train"} <= set(cfg)
+    return isinstance(cfg, dict) and {"model", "method", "train", "num_classes", "classes"} <= set(cfg)
+
+
+def is_run_folder(run_dir: str | Path) -> bool:
+    return is_run_config(Path(run_dir) / "config.json")
 
 
 def check_new_folder(out: str | Path) -> None:
@@ -91,9 +97,3 @@ def read_json(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise RunFolderError(f"{path} is not a JSON object ({what})")
     return data
-
-
-def inside(folder: Path, name: str) -> Optional[Path]:
-    """``folder / name`` if it stays inside ``folder`` (no '..', no absolute path), else None."""
-    path = (folder / name).resolve()
-    return path if path.is_relative_to(folder.resolve()) else None
