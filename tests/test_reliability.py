@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_vit
-from data_files import class_image, make_folder, make_vtab_task
+from data_files import make_folder, make_vtab_task
 from PIL import Image
 
 import sparse_tuning as st

@@ -186,3 +186,47 @@ def test_a_video_without_frames_is_skipped_and_counted(tmp_path):
                           env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 unreadable training image" in proc.stdout + proc.stderr
+
+
+# 4 and 5, with real kills: during an epoch's evaluation, and before the first checkpoint.
+def _kill_when(run, proc, ready, limit=120):
+    deadline = time.time() + limit
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    return False
+
+
+def test_sigkill_during_an_evaluation_and_before_the_first_checkpoint_then_resume(tmp_path):
+    data = make_folder(tmp_path / "ds", classes=3, train=8, val=150)  # a long evaluation: a window to kill in
+    args = ["--data", f"folder:{data}", "--epochs", "2", "--batch-size", "8", "--warmup-epochs", "0",
+            "--num-workers", "0", "--eval-batch-size", "4"]
+    # During the evaluation of epoch 0: its last step's checkpoint is written, its evaluation not.
+    run = tmp_path / "eval-killed"
+    proc = subprocess.Popen(cli("train", *MODEL, *args, "--save-every", "3", "--out", run), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    latest = run / "checkpoints" / "latest.json"
+    assert _kill_when(run, proc, lambda: latest.is_file() and json.loads(latest.read_text() or "{}").get("step") == 3
+                      and '"split"' not in (run / "metrics.jsonl").read_text())
+    assert '"split"' not in (run / "metrics.jsonl").read_text(), "killed before the evaluation ended"
+    done = subprocess.run(cli("train", "--resume", run), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    evals = [json.loads(l)["epoch"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"split"' in l]
+    assert evals == [0, 1], "the interrupted evaluation ran on resume"
+    # Before the first checkpoint: config.json written, no checkpoint yet.
+    run = tmp_path / "early"
+    proc = subprocess.Popen(cli("train", *MODEL, *args, "--out", run), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    assert _kill_when(run, proc, lambda: (run / "config.json").is_file())
+    assert not (run / "checkpoints" / "latest.json").exists()
+    again = subprocess.run(cli("train", *MODEL, *args, "--out", run), env=ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    done = subprocess.run(cli("train", "--resume", run), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "results.json").read_text())["final"]["epoch"] == 1

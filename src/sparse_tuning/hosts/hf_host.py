@@ -48,8 +48,6 @@ class HFHost(Host):
                  "CLIPVisionModelWithProjection")
 
     def owns(self, model: nn.Module) -> bool:
-        from .base import original_class
-
         try:
             from transformers import PreTrainedModel
         except ImportError:

@@ -12,8 +12,6 @@ Layer internals differ between transformers versions and are read from the insta
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
