@@ -27,6 +27,7 @@ def test_bench_every_method_without_memory(tmp_path, capsys):
     assert by["sparse-tuning"]["gflops"] < by["adaptformer"]["gflops"]
     assert by["full"]["params_trainable"] == by["full"]["params_total"] > by["sparse-tuning"]["params_trainable"]
     assert all(r["train_step_s"] > 0 and r["infer_images_per_s"] > 0 for r in rows)
+    assert all(0 < r["latency_ms"] <= r["latency_p90_ms"] for r in rows)
     assert table.count("\n") >= 11 and "| sparse-tuning |" in table
     with open(tmp_path / "bench.csv") as f:
         assert len(list(csv.DictReader(f))) == 10
@@ -93,3 +94,31 @@ def test_bench_builds_from_weights_resampled_to_the_input_size(tmp_path):
     assert torch.equal(model.blocks[5].attn.qkv.weight, source.blocks[5].attn.qkv.weight)
     assert main(["bench", "--model", MODEL, "--weights", str(tmp_path / "missing.safetensors"), "--out",
                  str(tmp_path)]) == 2
+
+
+def test_percentile_by_hand():
+    from sparse_tuning.tools.timing import percentile
+
+    assert percentile([4.0, 1.0, 3.0, 2.0, 5.0], 50) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], 90) == 10.0
+    assert percentile([1.0, 2.0], 90) == pytest.approx(1.9)
+
+
+def test_a_compiled_model_computes_what_the_eager_one_does(images_of_four=None):
+    """torch.compile of a patched model (aot_eager: the graph, without code generation, which a
+    CPU test cannot afford): the same outputs and the same kept tokens; then bench --compile."""
+    import torch
+    from conftest import randomize_adapters, tiny_vit
+
+    import sparse_tuning as st
+    from sparse_tuning.training.devices import compiled
+
+    model = st.apply(tiny_vit(), st.SparseTuningConfig())
+    randomize_adapters(model)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+        kept = st.kept_tokens(model)
+        got = compiled(model, True, "aot_eager")(x)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(st.kept_tokens(model), kept))

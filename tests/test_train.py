@@ -183,3 +183,11 @@ def test_top5_only_for_more_than_five_classes(classes, has_top5):
     assert ("top5" in result) == has_top5 and result["images"] == 12
     if has_top5:
         assert 0 <= result["top5"] <= 100
+
+
+def test_compiled_training_trains_as_the_eager_loop_does(folder, tmp_path):
+    """--compile (aot_eager here: the captured graph, without code generation): the same adapters."""
+    train_run(config(folder, epochs=1), tmp_path / "eager")
+    train_run(config(folder, epochs=1, compile=True, compile_backend="aot_eager"), tmp_path / "compiled")
+    a, b = trained_weights(tmp_path / "eager"), trained_weights(tmp_path / "compiled")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

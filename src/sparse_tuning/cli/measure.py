@@ -34,7 +34,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.weights and not Path(args.weights).is_file():
         raise FileNotFoundError(f"weights file not found: {args.weights}")
     setup = BenchSetup(args.model, args.img_size, args.batch_size, resolve_device(args.device), args.amp,
-                       weights=args.weights)
+                       weights=args.weights, compile=args.compile)
     accuracy = run_accuracies(args.runs) if args.runs else None
     rows = run_bench(setup, methods, args.rounds, args.warmup, memory=not args.no_memory, accuracy=accuracy,
                      progress=_say)
@@ -83,6 +83,7 @@ def add_commands(sub) -> None:
     p.add_argument("--rounds", type=int, default=10, help="timed rounds; the median is reported (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurements")
+    p.add_argument("--compile", action="store_true", help="torch.compile each method's model before timing it")
     p.add_argument("--runs", nargs="*", default=None, help="trained run folders (one per method) whose best "
                                                            "test top-1 joins the table, each named under it")
     p.add_argument("--out", default="bench", help="folder for bench.md/json/csv/png (default: %(default)s)")

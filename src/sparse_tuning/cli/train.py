@@ -37,7 +37,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..training.evaluate import top5_text
     from ..training.run import eval_run
 
-    result = eval_run(args.run, args.data, args.keep_rate, args.device, args.batch_size)
+    result = eval_run(args.run, args.data, args.keep_rate, args.device, args.batch_size, compile=args.compile)
     print(f"{result['split']}: top-1 {result['top1']:.2f}{top5_text(result, ' ')}  "
           f"({result['images']} images, keep rate {result['keep_rate']})")
     return 0
@@ -79,6 +79,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("eval", help="top-1 / top-5 of a trained run")
     add_trained_run_options(p, batch_size=128)
     p.add_argument("--data", default=None, help="data spec (default: the run's)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first (one compile per input size)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k labels of images with a trained run (JSON)")

@@ -10,6 +10,7 @@ per method and phase, so no method inherits another's allocator state.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,10 +24,10 @@ from ..api import count_params
 from ..files import atomic_path, atomic_write_text
 from ..hosts import build_architecture, host_for, logits_of
 from ..methods import get_method, method_names, prepare
-from ..training.devices import autocast
+from ..training.devices import autocast, compiled
 from .flops import flop_report
 from .tables import markdown_table
-from .timing import interleaved_medians, synchronize, time_call
+from .timing import interleaved_times, percentile, synchronize, time_call
 
 REFERENCE = "sparse-tuning"  # the method every ratio column compares with
 EAGER = " (eager)"  # "METHOD (eager)": the same method with attention computed by hand in every block
@@ -61,6 +62,7 @@ class BenchSetup:
     amp: str = "off"
     num_classes: int = 100
     weights: Optional[str] = None  # a local backbone checkpoint; None: random values
+    compile: bool = False          # torch.compile each method's model before timing it
 
 
 def build(setup: BenchSetup, method: str) -> nn.Module:
@@ -89,11 +91,13 @@ class Step:
         self.opt = torch.optim.AdamW(params, lr=1e-4)
         self.x = torch.randn(setup.batch_size, *host_for(model).input_size(model), device=setup.device)
         self.y = torch.randint(0, setup.num_classes, (setup.batch_size,), device=setup.device)
+        self.one = self.x[:1].clone()
+        self.net = compiled(model, setup.compile)
 
     def train_step(self) -> None:
         self.model.train()
         with autocast(self.setup.device, self.setup.amp):
-            loss = nn.functional.cross_entropy(logits_of(self.model(self.x)), self.y)
+            loss = nn.functional.cross_entropy(logits_of(self.net(self.x)), self.y)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -102,7 +106,14 @@ class Step:
     def infer_batch(self) -> None:
         self.model.eval()
         with autocast(self.setup.device, self.setup.amp):
-            self.model(self.x)
+            self.net(self.x)
+
+    @torch.no_grad()
+    def latency_batch(self) -> None:
+        """One image: what an online service waits for (fixed per-forward costs weigh most)."""
+        self.model.eval()
+        with autocast(self.setup.device, self.setup.amp):
+            self.net(self.one)
 
     def train(self) -> float:
         return time_call(self.train_step, self.setup.device)
@@ -114,10 +125,13 @@ class Step:
 def time_methods(setup: BenchSetup, methods: list[str], rounds: int, warmup: int) -> dict[str, dict[str, float]]:
     """Median seconds of a training step and of an inference batch per method, rounds interleaved."""
     steps = {m: Step(build(setup, m), setup) for m in methods}
-    calls = {(m, phase): getattr(steps[m], phase + ("_step" if phase == "train" else "_batch"))
-             for m in methods for phase in ("train", "infer")}
-    medians = interleaved_medians(calls, rounds, warmup, setup.device)
-    return {m: {phase: medians[(m, phase)] for phase in ("train", "infer")} for m in methods}
+    phases = {"train": "train_step", "infer": "infer_batch", "latency": "latency_batch"}
+    calls = {(m, phase): getattr(steps[m], fn) for m in methods for phase, fn in phases.items()}
+    times = interleaved_times(calls, rounds, warmup, setup.device)
+    out = {m: {phase: statistics.median(times[(m, phase)]) for phase in phases} for m in methods}
+    for m in methods:
+        out[m]["latency_p90"] = percentile(times[(m, "latency")], 90)
+    return out
 
 
 def _rss_kib(field: str) -> int:
@@ -191,7 +205,8 @@ def run_bench(setup: BenchSetup, methods: list[str], rounds: int = 10, warmup: i
         row = {"method": m, "params_trainable": trainable, "params_total": total,
                "gflops": flop_report(model, size).gflops,
                "train_step_s": timings[m]["train"], "infer_batch_s": timings[m]["infer"],
-               "infer_images_per_s": setup.batch_size / timings[m]["infer"]}
+               "infer_images_per_s": setup.batch_size / timings[m]["infer"],
+               "latency_ms": 1000 * timings[m]["latency"], "latency_p90_ms": 1000 * timings[m]["latency_p90"]}
         if memory:
             say(f"memory of {m} ({i + 1}/{len(methods)}): training, then inference, each in a fresh process"
                 if not setup.device.startswith("cuda") else f"memory of {m} ({i + 1}/{len(methods)})")
@@ -214,6 +229,7 @@ COLUMNS = [  # (key, header, format)
     ("method", "method", "{}"), ("params_trainable", "trainable params", "{:,}"), ("gflops", "GFLOPs", "{:.2f}"),
     ("train_step_s", "train step (s)", "{:.3f}"), ("train_memory_mb", "train memory (MB)", "{:.0f}"),
     ("infer_images_per_s", "inference (img/s)", "{:.1f}"), ("infer_memory_mb", "inference memory (MB)", "{:.0f}"),
+    ("latency_ms", "batch-1 latency (ms, median)", "{:.2f}"), ("latency_p90_ms", "batch-1 latency (ms, p90)", "{:.2f}"),
     ("train_time_vs_st", "train time / ST", "{:.2f}x"), ("throughput_vs_st", "throughput / ST", "{:.2f}x"),
     ("train_memory_vs_st", "train memory / ST", "{:.2f}x"), ("top1", "top-1", "{:.2f}"),
 ]

@@ -24,15 +24,28 @@ def time_call(fn: Callable[[], object], device: str = "cpu") -> float:
     return time.perf_counter() - t
 
 
-def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
-                        device: str = "cpu") -> dict[str, float]:
-    """Median seconds per call of each entry; every round calls each entry once, in turn."""
+def interleaved_times(calls: dict, rounds: int, warmup: int = 1, device: str = "cpu") -> dict[str, list[float]]:
+    """Seconds of every timed call of each entry; every round calls each entry once, in turn."""
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: expected at least 1 timed round")
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    times: dict = {name: [] for name in calls}
     for r in range(warmup + rounds):
         for name, fn in calls.items():
             t = time_call(fn, device)
             if r >= warmup:
                 times[name].append(t)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_medians(calls: dict, rounds: int, warmup: int = 1, device: str = "cpu") -> dict[str, float]:
+    """Median seconds per call of each entry (see interleaved_times)."""
+    return {name: statistics.median(t) for name, t in interleaved_times(calls, rounds, warmup, device).items()}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linearly interpolated between the nearest ranks."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)

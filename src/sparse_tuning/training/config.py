@@ -53,6 +53,8 @@ class TrainConfig:
     num_workers: int = 2               # data-loading processes per rank
     device: str = "auto"               # auto (cuda if available), cpu, cuda, cuda:N
     deterministic: bool = False        # torch.use_deterministic_algorithms for bit-exact reruns
+    compile: bool = False              # torch.compile the model (token counts are static: one compile per input size)
+    compile_backend: str = "inductor"  # torch.compile backend; aot_eager checks the graph without generating code
 
     def __post_init__(self) -> None:
         if self.amp not in AMPS:

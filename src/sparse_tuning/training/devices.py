@@ -17,6 +17,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def compiled(model: torch.nn.Module, enabled: bool, backend: str = "inductor") -> torch.nn.Module:
+    """torch.compile of the model where asked (the same module otherwise). Sparse-Tuning's token
+    counts depend only on the input size, so a fixed input size compiles once."""
+    return torch.compile(model, backend=backend) if enabled else model
+
+
 def autocast(device: str, amp: str):
     if amp == "off":
         return nullcontext()

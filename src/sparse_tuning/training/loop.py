@@ -26,7 +26,7 @@ from ..hosts import logits_of
 from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
-from .devices import autocast, resolve_device
+from .devices import autocast, compiled, resolve_device
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
 from .errors import Interrupted, TrainingError
 from .evaluate import evaluate, top5_text
@@ -93,6 +93,8 @@ class Trainer:
         if d.enabled:
             ids = [d.local_rank] if self.device.startswith("cuda") else None
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.net = compiled(self.net, cfg.compile, cfg.compile_backend)
+        self.eval_net = compiled(model, cfg.compile, cfg.compile_backend)  # the same weights, compiled once
         self.mixup, self.criterion = self._loss(data.num_classes)
 
         self.step_index, self.best = 0, {"top1": -1.0, "epoch": -1}
@@ -240,7 +242,7 @@ class Trainer:
         """Evaluate as the model will be used (the hook restores the schedule afterwards)."""
         self.hook.before_eval()
         try:
-            result = evaluate(self.model, self.data.eval, self.cfg.eval_batch_size, self.device, self.cfg.amp,
+            result = evaluate(self.eval_net, self.data.eval, self.cfg.eval_batch_size, self.device, self.cfg.amp,
                               self.d, self.cfg.num_workers)
         finally:
             self.hook.after_eval()

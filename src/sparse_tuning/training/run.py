@@ -24,6 +24,7 @@ from ..hosts import build_architecture, host_for, host_named, logits_of
 from ..methods import get_method, prepare
 from .checkpoint import load_trainable, save_trainable
 from .config import RunConfig, read_run_config, resolve_config
+from .devices import compiled
 from .loop import Trainer, evaluate, resolve_device
 from .run_folder import RunFolderError, RunLock, check_new_folder, is_run_folder, read_json, remove_temporaries
 
@@ -181,7 +182,7 @@ def load_eval_data(model: nn.Module, cfg: RunConfig, data: Optional[str] = None)
 
 
 def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optional[float] = None,
-             device: str = "auto", batch_size: int = 128, write: bool = True) -> dict[str, Any]:
+             device: str = "auto", batch_size: int = 128, write: bool = True, compile: bool = False) -> dict[str, Any]:
     """Evaluate a trained run (on its data or on ``data``); with ``write``, the result goes to
     RUN_DIR/eval-SPLIT[-keepRATE][-DATA].json, DATA a short hash of another data spec, so an
     evaluation on other data never overwrites one on the run's."""
@@ -192,7 +193,8 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
     model, cfg = load_run(run_dir, keep_rate)
     device = resolve_device(device)
     images = load_eval_data(model, cfg, data)
-    result = evaluate(model.to(device), images.eval, batch_size, device, cfg.train.amp)
+    result = evaluate(compiled(model.to(device), compile, cfg.train.compile_backend), images.eval, batch_size, device,
+                      cfg.train.amp)
     st = getattr(model, "sparse_tuning", None)
     spec = absolute_spec(data) if data else cfg.data
     result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0, data=spec)
