@@ -93,6 +93,7 @@ class Trainer:
         if d.enabled:
             ids = [d.local_rank] if self.device.startswith("cuda") else None
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.ddp = self.net  # no_sync lives on the DDP wrapper, not on a compiled one
         self.net = compiled(self.net, cfg.compile, cfg.compile_backend)
         self.eval_net = compiled(model, cfg.compile, cfg.compile_backend)  # the same weights, compiled once
         self.mixup, self.criterion = self._loss(data.num_classes)
@@ -208,7 +209,7 @@ class Trainer:
                 if len(images) % 2:  # timm's Mixup pairs samples; a skipped image can leave one over
                     images, labels = images[:-1], labels[:-1]
                 images, labels = self.mixup(images, labels)
-            sync = self.net.no_sync() if d.enabled and m < cfg.grad_accum - 1 else nullcontext()
+            sync = self.ddp.no_sync() if d.enabled and m < cfg.grad_accum - 1 else nullcontext()
             with sync, autocast(device, cfg.amp):
                 loss = self.criterion(logits_of(self.net(images)), labels) / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -372,7 +373,7 @@ class _StopOnSignal:
 # size of evaluation), how often it reports, and where its data now lives (the classes and the
 # number of images are checked instead).
 MACHINE_FIELDS = ("train.device", "train.num_workers", "train.log_every", "train.save_every", "train.eval_batch_size",
-                  "download", "data", "weights")
+                  "train.compile", "train.compile_backend", "download", "data", "weights")
 
 
 def _comparable(record: Any, changeable: tuple[str, ...]) -> dict[str, Any]:
