@@ -203,7 +203,7 @@ def _kill_when(run, proc, ready, limit=120):
 
 
 def test_sigkill_during_an_evaluation_and_before_the_first_checkpoint_then_resume(tmp_path):
-    data = make_folder(tmp_path / "ds", classes=3, train=8, val=150)  # a long evaluation: a window to kill in
+    data = make_folder(tmp_path / "ds", classes=3, train=8, val=60)  # a long evaluation: a window to kill in
     args = ["--data", f"folder:{data}", "--epochs", "2", "--batch-size", "8", "--warmup-epochs", "0",
             "--num-workers", "0", "--eval-batch-size", "4"]
     # During the evaluation of epoch 0: its last step's checkpoint is written, its evaluation not.
