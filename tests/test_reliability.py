@@ -198,6 +198,12 @@ def test_option_values_that_would_train_wrongly_are_refused(folder, tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unknown_compile_backend_is_one_line(folder, tmp_path, capsys):
+    one_line_error(capsys, train(folder, tmp_path / "run", "--compile", "--compile-backend", "nonsense"),
+                   "compile_backend")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_warmup_longer_than_the_run_is_said(folder, tmp_path, capsys):
     assert main(["train", *MODEL, "--data", f"folder:{folder}", "--epochs", "1", "--batch-size", "8",
                  "--num-workers", "0", "--warmup-epochs", "3", "--out", str(tmp_path / "run")]) == 0

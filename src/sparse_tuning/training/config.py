@@ -85,6 +85,12 @@ def check_device(device: str) -> None:
 
 def check_machine(train: TrainConfig) -> None:
     """What this machine must offer for a new run (not checked when a recorded run is read)."""
+    if train.compile:
+        from torch._dynamo import list_backends
+
+        known = list_backends(exclude_tags=())
+        if train.compile_backend not in known:
+            raise ValueError(f"compile_backend={train.compile_backend!r}: expected one of {', '.join(known)}")
     if train.amp == "fp16":
         import torch  # only here: a config without fp16 is checked without torch
 
