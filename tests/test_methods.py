@@ -82,3 +82,59 @@ def test_every_method_trains_through_the_same_loop(method, tmp_path_factory):
     changed = [n for n, p in model.named_parameters() if p.requires_grad and n in before
                and p.shape == before[n].shape and not torch.equal(p, before[n])]
     assert changed, "training changed no trainable weight"
+
+
+def _one_backward(model, checkpointing: bool, recomputes: bool = True):
+    from sparse_tuning.hosts import host_for
+
+    if checkpointing:
+        host_for(model).set_grad_checkpointing(model, True)
+    model.double().train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # adapters and prompts off their zero start, so every path carries a gradient
+        for name, p in model.named_parameters():
+            if p.requires_grad and p.dim() > 1:
+                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
+    x = torch.randn(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    calls = []
+    for name, module in model.named_modules():
+        if name.endswith("norm1"):
+            module.register_forward_hook(lambda *_: calls.append(1))
+    model(x).logsumexp(dim=1).sum().backward()
+    # a checkpointed block runs again in the backward, unless no gradient passes through it
+    assert len(calls) == DEPTH * (2 if checkpointing and recomputes else 1)
+    return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_checkpointing_gives_every_method_the_same_gradients(method):
+    """The host's switch (timm's checkpoint_seq, or our per-block one once patched) recomputes
+    without changing a gradient, whatever the method put inside the blocks."""
+    expected = _one_backward(prepare(tiny_vit(), method), False)
+    got = _one_backward(prepare(tiny_vit(), method), True, recomputes=method not in ("linear", "ts-only"))
+    assert got.keys() == expected.keys() and all(g is not None for g in got.values())
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-10, rtol=0), name
+
+
+def test_a_run_with_grad_checkpointing_trains_the_same_weights(tmp_path, monkeypatch):
+    from sparse_tuning.hosts.timm_host import TimmHost
+
+    switched = []
+    original = TimmHost.set_grad_checkpointing
+    monkeypatch.setattr(TimmHost, "set_grad_checkpointing",
+                        lambda self, model, enable=True: (switched.append(enable), original(self, model, enable)))
+    folder = make_folder(tmp_path / "ds", classes=2, train=8, val=2)
+    weights = []
+    for checkpointing in (False, True):
+        cfg = resolve_config({"model": "st_vit_micro_patch4_32", "pretrained": False, "data": f"folder:{folder}",
+                              "train": dict(epochs=1, batch_size=4, num_workers=0, lr=1e-2,
+                                            grad_checkpointing=checkpointing)})
+        train_run(cfg, tmp_path / f"run{checkpointing}")
+        model, _ = load_run(tmp_path / f"run{checkpointing}")
+        weights.append(dict(st.trainable_named_parameters(model)))
+        assert switched == [True] * checkpointing
+    assert weights[0].keys() == weights[1].keys()
+    assert not torch.equal(weights[0]["blocks.0.adapter.up.weight"], torch.zeros_like(weights[0]["blocks.0.adapter.up.weight"]))
+    for name, p in weights[0].items():
+        assert torch.allclose(weights[1][name], p, atol=1e-6), name

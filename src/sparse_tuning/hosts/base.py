@@ -133,12 +133,17 @@ class Host:
         """Module names LoRA adapts (the attention input projections)."""
         raise NotImplementedError
 
+    def set_grad_checkpointing(self, model: nn.Module, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass: less memory, more time (the
+        gradients are the same). Works with and without Sparse-Tuning applied."""
+        raise NotImplementedError
+
     def video_model(self, model: nn.Module, frames: int, layout: str, tubelet: int) -> nn.Module:
         """The image model wrapped for (B, C, T, H, W) clips."""
         raise ValueError(f"video is not available on {self.name} models")
 
 
-_model_classes: dict[type, type] = {}
+_model_classes: dict[tuple[type, type], type] = {}
 
 
 class _SparseTuningModel:
@@ -153,24 +158,25 @@ class _SparseTuningModel:
     def __reduce_ex__(self, protocol):
         # The class is made at runtime, so pickle cannot find it by name: pickle the original
         # (importable) class instead and rebuild the subclass on loading (torch.save(model)).
-        return _rebuild, (original_class(self),), self.__getstate__()
+        return _rebuild, (original_class(self), type(self).__mro__[1]), self.__getstate__()
 
 
 def original_class(model: nn.Module) -> type:
     """The model's class before Sparse-Tuning patched it (its own class if unpatched)."""
     cls = type(model)
     if issubclass(cls, _SparseTuningModel):
-        return next(c for c in cls.__mro__[1:] if c is not _SparseTuningModel)
+        return next(c for c in cls.__mro__[1:] if not issubclass(c, _SparseTuningModel))
     return cls
 
 
-def _rebuild(base: type):
-    cls = sparse_tuning_class(base)
+def _rebuild(base: type, mixin: type = _SparseTuningModel):
+    cls = sparse_tuning_class(base, mixin)
     return cls.__new__(cls)
 
 
-def sparse_tuning_class(cls: type) -> type:
-    """The subclass of the model's class with ``_SparseTuningModel`` mixed in (one per class)."""
-    if cls not in _model_classes:
-        _model_classes[cls] = type(f"SparseTuning{cls.__name__}", (_SparseTuningModel, cls), {})
-    return _model_classes[cls]
+def sparse_tuning_class(cls: type, mixin: type = _SparseTuningModel) -> type:
+    """The subclass of the model's class with ``mixin`` (``_SparseTuningModel`` or a host's
+    subclass of it) mixed in: one per class and mixin."""
+    if (cls, mixin) not in _model_classes:
+        _model_classes[cls, mixin] = type(f"SparseTuning{cls.__name__}", (mixin, cls), {})
+    return _model_classes[cls, mixin]

@@ -38,6 +38,53 @@ def _layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"{type(model).__name__}: no transformer layers found")
 
 
+# Model types whose embeddings interpolate the position table at every forward, so they take the
+# image processor's size even where config.image_size differs (DINOv2: 518 in the config, 224 crops).
+INTERPOLATING = ("dinov2", "dinov2_with_registers")
+RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as image processors store them
+# Without an image-processor config (a model built in code): ViTImageProcessor's defaults.
+VIT_DEFAULTS = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bilinear", "size": None,
+                "crop_pct": 1.0, "crop_mode": "squash"}
+
+
+def _size_field(size: Any, key: str) -> Optional[int]:
+    # a dict in 4.x, a SizeDict in 5.x
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def read_preprocessing(source: str) -> Optional[dict[str, Any]]:
+    """The evaluation preprocessing a model's image-processor config asks for: mean, std,
+    resample, and either a resize of the shorter side then a centre crop (crop_pct = crop / side,
+    CLIP, DINOv2) or a resize to the exact size (ViT: timm's "squash"). None without a config."""
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+    size, crop = getattr(proc, "size", None), getattr(proc, "crop_size", None)
+    side = _size_field(size, "shortest_edge") if size is not None else None
+    if getattr(proc, "do_center_crop", False) and crop is not None and side:
+        out_hw = (_size_field(crop, "height"), _size_field(crop, "width"))
+        crop_pct, crop_mode = out_hw[0] / side, "center"
+    elif size is not None and _size_field(size, "height"):
+        out_hw, crop_pct, crop_mode = (_size_field(size, "height"), _size_field(size, "width")), 1.0, "squash"
+    else:
+        out_hw, crop_pct, crop_mode = (side, side) if side else None, 1.0, "center"
+    return {"mean": tuple(float(v) for v in proc.image_mean), "std": tuple(float(v) for v in proc.image_std),
+            "interpolation": RESAMPLE.get(int(getattr(proc, "resample", 2)), "bilinear"),
+            "size": out_hw, "crop_pct": crop_pct, "crop_mode": crop_mode}
+
+
+def _preprocessing(model: nn.Module) -> Optional[dict[str, Any]]:
+    """read_preprocessing of the folder or hub id the model came from, read once per model."""
+    if not hasattr(model, "st_preprocessing"):
+        source = getattr(getattr(model, "config", None), "_name_or_path", "")
+        model.st_preprocessing = read_preprocessing(source) if source else None
+    return model.st_preprocessing
+
+
 class HFHost(Host):
     name = "transformers"
     serves = ("a Hugging Face transformers ViT, DeiT, DINOv2 or CLIP vision model")
@@ -85,21 +132,48 @@ class HFHost(Host):
         from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
         source = name[len(PREFIX):]
-        kwargs: dict[str, Any] = {}
-        if img_size:
-            kwargs["image_size"] = img_size
         try:
-            config = AutoConfig.from_pretrained(source, **kwargs)
+            config = AutoConfig.from_pretrained(source)
         except OSError as e:
             raise ValueError(f"cannot read the transformers model {source!r}: {' '.join(str(e).split())[:200]}") from None
+        interpolates = config.model_type in INTERPOLATING
+        if img_size and not interpolates and img_size != config.image_size:
+            if pretrained:
+                # config.image_size sizes the position table: loading would start it afresh
+                raise ValueError(f"--img-size {img_size}: a pretrained {config.model_type} model's position "
+                                 f"embeddings are for {config.image_size}; transformers resamples them only for "
+                                 f"DINOv2, so use its own size or --no-pretrained")
+            config.image_size = img_size
         if num_classes is not None:
             config.num_labels = max(num_classes, 1)
         auto = AutoModelForImageClassification if config.architectures and any(
             "ForImageClassification" in a for a in config.architectures) or num_classes else AutoModel
         with torch.device(device):
             if pretrained:
-                return auto.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
-            return auto.from_config(config)
+                from transformers.utils import logging as hf_logging
+
+                # A head of another class count starts afresh, as asked; transformers' report of it
+                # and its loading bar would print on every run, eval and export.
+                level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+                hf_logging.set_verbosity_error()
+                hf_logging.disable_progress_bar()
+                try:
+                    model = auto.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+                finally:
+                    hf_logging.set_verbosity(level)
+                    if bars:
+                        hf_logging.enable_progress_bar()
+            else:
+                model = auto.from_config(config)
+        # Read once, here: the transforms (data_config) and the input size follow it. An explicit
+        # img_size wins over the processor's size.
+        preprocessing = read_preprocessing(source)
+        if img_size and interpolates:
+            preprocessing = {**(preprocessing or VIT_DEFAULTS), "size": (img_size, img_size)}
+        elif img_size and preprocessing:
+            preprocessing["size"] = None
+        model.st_preprocessing = preprocessing
+        return model
 
     def load_weights(self, model: nn.Module, path: str | Path) -> None:
         from safetensors.torch import load_file
@@ -133,7 +207,11 @@ class HFHost(Host):
     def input_size(self, model: nn.Module) -> tuple[int, int, int]:
         c = _backbone(model).config
         s = c.image_size
-        return (c.num_channels, *((s, s) if isinstance(s, int) else s))
+        hw = (s, s) if isinstance(s, int) else tuple(s)
+        processed = (_preprocessing(model) or {}).get("size")
+        if processed and c.model_type in INTERPOLATING:
+            hw = processed
+        return (c.num_channels, *hw)
 
     def check_input_size(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
         C, H, W = input_size
@@ -158,20 +236,9 @@ class HFHost(Host):
         return int(getattr(model.config, "num_labels", 0)) if self.classifier(model) else 0
 
     def data_config(self, model: nn.Module) -> dict[str, Any]:
-        source = getattr(model.config, "_name_or_path", "")
-        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-        interpolation = "bilinear"
-        try:
-            from transformers import AutoImageProcessor
-
-            proc = AutoImageProcessor.from_pretrained(source) if source else None
-        except (OSError, ValueError):
-            proc = None
-        if proc is not None:
-            mean, std = tuple(proc.image_mean), tuple(proc.image_std)
-            interpolation = {2: "bilinear", 3: "bicubic"}.get(int(getattr(proc, "resample", 2)), "bilinear")
-        return {"input_size": self.input_size(model), "mean": mean, "std": std, "interpolation": interpolation,
-                "crop_pct": 1.0, "crop_mode": "center"}
+        processed = _preprocessing(model) or VIT_DEFAULTS
+        return {"input_size": self.input_size(model), **{k: processed[k] for k in (
+            "mean", "std", "interpolation", "crop_pct", "crop_mode")}}
 
     def features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return _backbone(model)(pixel_values=x).last_hidden_state
@@ -185,6 +252,20 @@ class HFHost(Host):
         self.check_supported(model)
         return patch_layers(model, _layers(model), self.width(model), self.num_heads(model),
                             self.num_prefix_tokens(model), config)
+
+    def set_grad_checkpointing(self, model: nn.Module, enable: bool = True) -> None:
+        if hasattr(model, "sparse_tuning"):
+            model.set_grad_checkpointing(enable)  # the layers checkpoint themselves (hf_vit.layer_forward)
+        elif not enable:
+            (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+        else:
+            # Non-reentrant: a frozen embedding gives reentrant checkpointing no input that needs a
+            # gradient, and the adapters or LoRA weights inside would get none. 5.x renamed the switch.
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def lora_targets(self, model: nn.Module) -> list[str]:
         from .hf_vit import layer_parts

@@ -12,7 +12,11 @@ Layer internals differ between transformers versions and are read from the insta
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from typing import Optional
+
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -20,7 +24,7 @@ from ..core.adapter import DenseAdapter, FactoredOutput
 from ..core.config import SparseTuningConfig
 from ..core.sparsify import apply_step, class_attention_scores, sparsify
 from ..core.state import SparseTuningState
-from .base import sparse_tuning_class
+from .base import _SparseTuningModel, sparse_tuning_class
 
 
 def projections(attn: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
@@ -47,10 +51,13 @@ def layer_parts(layer: nn.Module):
             lambda t: layer.output.dropout(layer.output.dense(layer.intermediate(t))))
 
 
-def attention_with_class_scores(layer: nn.Module, attn: nn.Module, x: torch.Tensor,
-                                fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The attention output and the class token's head-averaged attention (B, N): fused SDPA
-    plus the class row alone, or the explicit softmax."""
+def attention(layer: nn.Module, attn: nn.Module, x: torch.Tensor, fused: bool,
+              class_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The layer's self-attention from its own q/k/v/o weights, and (if asked) the class
+    token's head-averaged attention (B, N): fused SDPA plus the class row alone, or the explicit
+    softmax. Computed here for every layer rather than through transformers' attention module,
+    whose signature changes between versions (head_mask in 4.x, attention_mask in 5.x); a vision
+    ViT's layers attend to every token, so no mask applies."""
     B, N, C = x.shape
     q_lin, k_lin, v_lin, o_lin = projections(attn)
     H = layer.st_heads
@@ -59,12 +66,15 @@ def attention_with_class_scores(layer: nn.Module, attn: nn.Module, x: torch.Tens
     scale = D ** -0.5
     p = next((v for v in (getattr(attn, "attention_dropout", None), getattr(attn, "dropout", None))
               if isinstance(v, float)), 0.0) if layer.training else 0.0
+    scores = None
     if fused:
-        scores = class_attention_scores(q, k, scale)
+        if class_scores:
+            scores = class_attention_scores(q, k, scale)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
     else:
         weights = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        scores = weights[:, :, 0].mean(dim=1).float()
+        if class_scores:
+            scores = weights[:, :, 0].mean(dim=1).float()
         out = F.dropout(weights, p, layer.training) @ v
     out = o_lin(out.transpose(1, 2).reshape(B, N, H * D))
     if not hasattr(attn, "q_proj"):  # 4.x: ViTSelfOutput's dropout
@@ -78,62 +88,133 @@ def _follow(a, step, num_prefix: int):
     return apply_step(a, step, num_prefix)
 
 
+def _check_arguments(layer: nn.Module, args: tuple, kwargs: dict) -> None:
+    # 4.x passes head_mask (ViT, DeiT, DINOv2) or the two attention masks (CLIP) positionally,
+    # None from a vision model's own forward; 5.x passes attention_mask, None or all-visible.
+    # Masks are not read: a vision ViT's layers attend to every token.
+    given = dict(zip(layer.st_arguments, args), **kwargs)
+    if given.get("head_mask") is not None:
+        raise ValueError("head_mask is not supported on a transformers model with Sparse-Tuning")
+    if given.get("output_attentions"):
+        raise ValueError("a transformers model with Sparse-Tuning returns no attention maps (output_attentions); "
+                         "st.kept_tokens(model) says which tokens each sparsification kept")
+
+
+def layer_compute(layer: nn.Module, x: torch.Tensor, history: tuple) -> tuple[torch.Tensor, tuple, Optional[object]]:
+    """One layer with Sparse-Tuning, as a pure function of its inputs (a checkpointed layer runs
+    it again in the backward pass): attention, sparsification where asked (earlier adapter
+    outputs follow the same step), the FFN, and the Dense Adapter beside it."""
+    B, N, C = x.shape
+    st: SparseTuningState = layer.st
+    norm1, attention_module, after_attention, norm2, ffn = layer_parts(layer)
+    attn_out, scores = attention(layer, attention_module, norm1(x), layer.fused_attn, layer.st_sparsify)
+    x = x + after_attention(attn_out)
+    step = None
+    if layer.st_sparsify:
+        x, step = sparsify(x, scores, st.config.keep_rate, st.num_prefix, st.config.merge)
+        if step is not None:
+            history = tuple(_follow(a, step, st.num_prefix) for a in history)
+    out = x + ffn(norm2(x))
+    if layer.adapter is not None:
+        inputs = [x] + [history[-d] for d in layer.st_dense_inputs]
+        if st.factored_history:
+            a = layer.adapter.forward_factored(inputs)
+            out = a.add_to_(out, st.config.scale)
+        else:
+            a = layer.adapter(inputs)
+            out = torch.add(out, a, alpha=st.config.scale)
+        keep = max(st.config.dense_inputs, default=0)
+        history = (history + (a,))[-keep:] if keep else ()
+    return out, history, step
+
+
 def layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-    """A transformers ViT layer with Sparse-Tuning: sparsify after attention (where asked), the
-    FFN, and the Dense Adapter beside it; the adapter outputs travel on ``self.st``."""
+    """A transformers layer's forward with Sparse-Tuning. The adapter outputs travel from layer
+    to layer on ``self.st``; with gradient checkpointing (transformers' switch, or the model's
+    set_grad_checkpointing) the layer checkpoints itself, passing them as inputs."""
+    _check_arguments(self, args, kwargs)
     st: SparseTuningState = self.st
-    if getattr(self, "gradient_checkpointing", False) and self.training:
-        # Recomputing a layer would run the adapter hand-over twice.
-        raise ValueError("gradient checkpointing is not supported on a transformers model with Sparse-Tuning")
     x = hidden_states
     B, N, C = x.shape
     if self.st_index == 0:
         st._history, st._steps, st._tokens = (), [], []
         st.last_num_patches, st.last_batch_size = N - st.num_prefix, B
-    history = st._history
-    norm1, attention, after_attention, norm2, ffn = layer_parts(self)
-    h = norm1(x)
-    step = None
-    if self.st_sparsify:
-        attn_out, scores = attention_with_class_scores(self, attention, h, self.fused_attn)
-        x = x + after_attention(attn_out)
-        x, step = sparsify(x, scores, st.config.keep_rate, st.num_prefix, st.config.merge)
-        if step is not None:
-            history = tuple(_follow(a, step, st.num_prefix) for a in history)
-        st._steps.append(None if step is None else step.detached())
+    if (self.gradient_checkpointing or st.grad_checkpointing) and self.training and torch.is_grad_enabled():
+        # Non-reentrant always: reentrant checkpointing differentiates only through tensor
+        # arguments, and the adapter outputs arrive in a tuple (factored) from earlier layers.
+        # transformers' function is used when set (it may offload to the CPU); the keyword wins.
+        checkpoint = getattr(self, "_gradient_checkpointing_func", None) or torch.utils.checkpoint.checkpoint
+        out, history, step = checkpoint(layer_compute, self, x, st._history, use_reentrant=False)
     else:
-        attention_mask = args[0] if args else kwargs.pop("attention_mask", None)
-        if attention_mask is not None and attention_mask.shape[-1] != N:
-            # The model's mask is over the tokens before sparsification (all of them visible in a
-            # ViT; tracing materialises it): past a sparsifying layer it no longer applies.
-            attention_mask = None
-        x = x + after_attention(attention(h, attention_mask=attention_mask, **kwargs)[0])
-    out = x + ffn(norm2(x))
-    if self.adapter is not None:
-        inputs = [x] + [history[-d] for d in self.st_dense_inputs]
-        if st.factored_history:
-            a = self.adapter.forward_factored(inputs)
-            out = a.add_to_(out, st.config.scale)
-        else:
-            a = self.adapter(inputs)
-            out = torch.add(out, a, alpha=st.config.scale)
-        keep = max(st.config.dense_inputs, default=0)
-        history = (history + (a,))[-keep:] if keep else ()
+        out, history, step = layer_compute(self, x, st._history)
+    if self.st_sparsify:
+        st._steps.append(None if step is None else step.detached())
     st._history = history
     st._tokens.append((N, out.shape[1]))
     if self.st_last:
         st.last_steps, st.last_tokens, st.last_steps_device = st._steps, st._tokens, out.device
         st._history = ()  # nothing held past the forward
-    return out
+    return (out,) if self.st_returns_tuple else out
 
 
 _layer_classes: dict[type, type] = {}
 
 
+class _SparseTuningLayer:
+    """Mixed into a layer's class. transformers' own checkpointing of a layer is bypassed (the
+    layer checkpoints itself, see layer_forward): 4.x wraps ``__call__``, 5.x wraps ``forward``
+    when a subclass is made, so forward is set after the class exists (``_layer_class``)."""
+
+    __call__ = nn.Module.__call__
+
+    def __reduce_ex__(self, protocol):
+        # a runtime class, like the model's (base._SparseTuningModel): pickled by its original
+        return _new_layer, (type(self).__mro__[2],), self.__getstate__()
+
+
+def _new_layer(original: type) -> nn.Module:
+    cls = _layer_class(original)
+    return cls.__new__(cls)
+
+
 def _layer_class(cls: type) -> type:
     if cls not in _layer_classes:
-        _layer_classes[cls] = type(f"SparseTuning{cls.__name__}", (cls,), {"forward": layer_forward})
+        new = type(f"SparseTuning{cls.__name__}", (_SparseTuningLayer, cls), {})
+        new.forward = layer_forward
+        _layer_classes[cls] = new
     return _layer_classes[cls]
+
+
+def _layer_signature(cls: type) -> tuple[tuple[str, ...], bool]:
+    """The names of the layer's positional arguments after hidden_states, and whether it
+    returns a tuple (4.x CLIP, older 4.x ViT) rather than a tensor: read from the installed
+    version's forward."""
+    signature = inspect.signature(cls.forward)
+    names = tuple(list(signature.parameters)[2:])
+    return names, "tuple" in str(signature.return_annotation).lower()
+
+
+class _TransformersModel(_SparseTuningModel):
+    """A patched transformers model: transformers' checkpointing switch reaches the layers."""
+
+    def _set_gradient_checkpointing(self, *args, **kwargs):
+        super()._set_gradient_checkpointing(*args, **kwargs)
+        _claim_checkpointing(self, self.sparse_tuning._blocks)
+
+
+def _claim_checkpointing(model: nn.Module, layers: nn.ModuleList) -> None:
+    """Older 4.x checkpoints in the encoder's loop, which would rerun a layer's hand-over of the
+    adapter outputs in the backward pass: the flag is taken off every other module (4.5x and 5.x
+    encoders keep one they no longer read) and the layers, which checkpoint themselves, hold it.
+    Flags transformers set on the layers themselves stay (5.x every_n_layers)."""
+    ours = {id(layer) for layer in layers}
+    others = [m for m in model.modules() if id(m) not in ours and getattr(m, "gradient_checkpointing", False) is True]
+    for module in others:
+        module.gradient_checkpointing = False
+    if others and not any(layer.gradient_checkpointing for layer in layers):
+        for layer in layers:
+            layer.gradient_checkpointing = True
+            layer._gradient_checkpointing_func = getattr(others[0], "_gradient_checkpointing_func", None)
 
 
 def patch_layers(model: nn.Module, layers: nn.ModuleList, width: int, heads: int, num_prefix: int,
@@ -143,13 +224,16 @@ def patch_layers(model: nn.Module, layers: nn.ModuleList, width: int, heads: int
     state = SparseTuningState(config, sparsify_at, num_prefix, layers, list(layers))
     ref = next(model.parameters())
     for i, layer in enumerate(layers):
+        layer.st_arguments, layer.st_returns_tuple = _layer_signature(type(layer))
         layer.__class__ = _layer_class(type(layer))
+        layer.gradient_checkpointing = getattr(layer, "gradient_checkpointing", False)
         layer.st, layer.st_index, layer.st_sparsify = state, i, i in sparsify_at
         layer.st_last, layer.st_heads = i == len(layers) - 1, heads
         layer.fused_attn = True
         layer.st_dense_inputs = tuple(d for d in config.dense_inputs if i >= d) if config.adapters else ()
         layer.adapter = DenseAdapter(width, config.bottleneck, 1 + len(layer.st_dense_inputs), config.fusion,
                                      device=ref.device, dtype=ref.dtype) if config.adapters else None
-    model.__class__ = sparse_tuning_class(type(model))
+    model.__class__ = sparse_tuning_class(type(model), _TransformersModel)
     model.sparse_tuning = state
+    _claim_checkpointing(model, layers)
     return state

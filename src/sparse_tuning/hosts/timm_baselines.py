@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from .timm_vit import check_supported
@@ -49,10 +50,14 @@ def add_sequential_adapters(model: VisionTransformer, bottleneck: int) -> None:
 class PromptedBlocks(nn.Sequential):
     """VPT-deep: before each block, the prompt positions (after the prefix tokens) hold that
     block's own learnable prompts; they are removed after the last block, so pooling and head
-    see the usual sequence."""
+    see the usual sequence.
+
+    timm's gradient checkpointing (checkpoint_seq) would call the blocks one by one and skip the
+    prompts, so the flag is this container's, honoured per block (TimmHost.set_grad_checkpointing)."""
 
     prompts: nn.Parameter  # (depth, num_prompts, C)
     num_prefix: int
+    grad_checkpointing: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -61,7 +66,10 @@ class PromptedBlocks(nn.Sequential):
         for i, blk in enumerate(self):
             if i:
                 x = torch.cat([x[:, :P], self.prompts[i].expand(B, -1, -1), x[:, P + n:]], dim=1)
-            x = blk(x)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
         return torch.cat([x[:, :P], x[:, P + n:]], dim=1)
 
 
@@ -73,6 +81,7 @@ def add_deep_prompts(model: VisionTransformer, num_prompts: int) -> None:
     blocks = model.blocks
     blocks.__class__ = PromptedBlocks
     blocks.num_prefix = model.num_prefix_tokens
+    blocks.grad_checkpointing, model.grad_checkpointing = model.grad_checkpointing, False
     # VPT's initialisation: uniform in +-sqrt(6 / (fan_in + fan_out)) of a patch projection.
     patch_dim = model.patch_embed.proj.weight[0].numel()
     bound = (6.0 / (patch_dim + model.embed_dim)) ** 0.5

@@ -190,10 +190,10 @@ def run_bench(setup: BenchSetup, methods: list[str], rounds: int = 10, warmup: i
     accuracy: method -> run_accuracies' entry; progress: called with a line per stage.
     """
     say = progress or (lambda line: None)
-    for m in methods:
-        split_row(m)  # every name checked before any work
     probe = build_architecture(setup.model, setup.img_size, setup.num_classes)  # meta device: no cost
     host_for(probe).check_supported(probe)
+    for m in methods:  # every name checked, and tried on the host, before any work
+        prepare(build_architecture(setup.model, setup.img_size, setup.num_classes), split_row(m)[0])
     say(f"timing {len(methods)} methods: {warmup} warm-up and {rounds} timed rounds, interleaved")
     timings = time_methods(setup, methods, rounds, warmup)
     rows = []

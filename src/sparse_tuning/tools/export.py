@@ -44,7 +44,9 @@ def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | P
     out.parent.mkdir(parents=True, exist_ok=True)
     model = for_inference(model, run_config.method)
     x = example_input(model)
-    graph = _Logits(model)  # the graph formats return the logits tensor, whatever the host's output object
+    # The graph formats return the logits tensor, whatever the host's output object; in the
+    # model's own mode (a fresh module is in training mode, and the exporters warn of it).
+    graph = _Logits(model).train(model.training)
     if fmt == "safetensors":
         tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         meta = {"format": MODEL_FORMAT, "run_config": json.dumps(run_config.to_dict())}

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ..files import atomic_write_bytes
+from ..hosts import host_for
 
 KEEP_LAST = 2
 
@@ -52,9 +53,16 @@ def _to_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+def _trainable(model: nn.Module, by_file_name: bool = True) -> dict[str, nn.Parameter]:
+    # The host's file names (adapter_io's: blocks.N.adapter..., head...), so a run's file does not
+    # depend on the host library's version (transformers 5 renamed its layers).
+    name = host_for(model).file_name if by_file_name else (lambda n: n)
+    return {name(n): p for n, p in model.named_parameters() if p.requires_grad}
+
+
 def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
-    """The parameters that train (by name), atomically, in safetensors."""
-    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """The parameters that train (by file name), atomically, in safetensors."""
+    tensors = {n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()}
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
@@ -64,7 +72,9 @@ def load_trainable(model: nn.Module, path: Path) -> None:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path} cannot be read ({e}); the run's trained weights are damaged") from None
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = _trainable(model)
+    if set(tensors) != set(params) and set(tensors) == set(_trainable(model, by_file_name=False)):
+        params = _trainable(model, by_file_name=False)  # written with the model's own names
     if set(tensors) != set(params) or any(tensors[k].shape != params[k].shape for k in params):
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         raise ValueError(f"{path} is from another model or config "

@@ -55,6 +55,7 @@ class TrainConfig:
     deterministic: bool = False        # torch.use_deterministic_algorithms for bit-exact reruns
     compile: bool = False              # torch.compile the model (token counts are static: one compile per input size)
     compile_backend: str = "inductor"  # torch.compile backend; aot_eager checks the graph without generating code
+    grad_checkpointing: bool = False   # recompute each block's activations in the backward pass: less memory, more time
 
     def __post_init__(self) -> None:
         if self.amp not in AMPS:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from ..api import count_params
 from ..data.images import ImageData, SeededDataset, collate_skipping, quiet_worker
-from ..hosts import logits_of
+from ..hosts import host_for, logits_of
 from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -86,6 +86,8 @@ class Trainer:
             raise ValueError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
         self.hook = hook(model, cfg, self.steps_per_epoch) if hook is not None else TrainHook()
 
+        if cfg.grad_checkpointing:
+            host_for(model).set_grad_checkpointing(model, True)
         model.to(self.device)
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
@@ -373,7 +375,7 @@ class _StopOnSignal:
 # size of evaluation), how often it reports, and where its data now lives (the classes and the
 # number of images are checked instead).
 MACHINE_FIELDS = ("train.device", "train.num_workers", "train.log_every", "train.save_every", "train.eval_batch_size",
-                  "train.compile", "train.compile_backend", "download", "data", "weights")
+                  "train.compile", "train.compile_backend", "train.grad_checkpointing", "download", "data", "weights")
 
 
 def _comparable(record: Any, changeable: tuple[str, ...]) -> dict[str, Any]:
