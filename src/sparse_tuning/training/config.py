@@ -101,7 +101,7 @@ def check_machine(train: TrainConfig) -> None:
 
 @dataclass
 class RunConfig:
-    model: Optional[str] = None        # timm model name, e.g. vit_base_patch16_224.augreg_in21k
+    model: Optional[str] = None        # timm model name (vit_base_patch16_224.augreg_in21k) or hf:ID_OR_DIR (a transformers model)
     data: Optional[str] = None         # folder:PATH | vtab:ROOT/TASK | cifar100:ROOT | svhn:ROOT | food101:ROOT | mnist:ROOT | fashionmnist:ROOT | torchvision:NAME:ROOT | kinetics:ROOT | ssv2:ROOT | frames:ROOT | videolist:TRAIN[,EVAL]
     method: str = "sparse-tuning"      # what trains (the methods are listed under --method)
     preset: Optional[Literal["vtab", "full"]] = None  # the paper's recipe, under your options: vtab (b=8, lr 1e-2) or full (b=32, lr 1e-3)
