@@ -443,3 +443,31 @@ def test_a_trainable_file_with_the_models_own_names_still_loads(tmp_path):
     fresh = st.apply(hf_vit())
     load_trainable(fresh, tmp_path / "t.st")
     assert all(torch.equal(a, b) for a, b in zip(st.trainable_parameters(fresh), st.trainable_parameters(model)))
+
+
+@pytest.mark.parametrize("name", ["ViTModel", "DeiTModel", "DeiTForImageClassification", "Dinov2Model",
+                                  "CLIPVisionModelWithProjection"])
+def test_every_supported_class_at_keep_rate_1_computes_the_plain_model(name, images):
+    import copy
+
+    import transformers as tf
+
+    small = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                 image_size=32, patch_size=4)
+    config = {"ViT": tf.ViTConfig, "DeiT": tf.DeiTConfig, "Dinov2": tf.Dinov2Config,
+              "CLIP": tf.CLIPVisionConfig}[next(k for k in ("ViT", "DeiT", "Dinov2", "CLIP") if name.startswith(k))]
+    torch.manual_seed(0)
+    plain = getattr(tf, name)(config(**small)).eval()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model = st.apply(copy.deepcopy(plain), st.SparseTuningConfig(keep_rate=1.0))
+    with torch.no_grad():
+        a, b = plain(pixel_values=images), model(pixel_values=images)
+    assert type(a) is type(b)  # the output object is the class's own
+    for key in a.keys():
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
+    model.sparse_tuning.keep_rate = 0.5
+    with torch.no_grad():
+        model(pixel_values=images)
+    assert model.sparse_tuning.last_tokens[-1][1] < 1 + 64
