@@ -471,3 +471,23 @@ def test_every_supported_class_at_keep_rate_1_computes_the_plain_model(name, ima
     with torch.no_grad():
         model(pixel_values=images)
     assert model.sparse_tuning.last_tokens[-1][1] < 1 + 64
+
+
+def test_the_random_rule_and_none_on_transformers_match_timm(images, tmp_path):
+    hf = hf_vit().double()
+    for reduction in ("random", "none"):
+        a_model = st.apply(timm_from_hf(hf), st.SparseTuningConfig(keep_rate=0.5, reduction=reduction))
+        randomize_adapters(a_model)
+        st.save_adapters(a_model, tmp_path / f"{reduction}.safetensors")
+        b_model = st.load_adapters(hf_vit().double(), tmp_path / f"{reduction}.safetensors")
+        x = images.double()
+        with torch.no_grad():
+            torch.manual_seed(5)
+            a = a_model(x)
+            torch.manual_seed(5)
+            b = b_model(pixel_values=x).logits
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+        assert a_model.sparse_tuning.last_tokens == b_model.sparse_tuning.last_tokens
+    assert a_model.sparse_tuning.last_tokens[-1] == (65, 65)  # none: every token
+    with pytest.raises(ValueError, match="'tome' is not available on transformers"):
+        st.apply(hf_vit(), st.SparseTuningConfig(reduction="tome"))

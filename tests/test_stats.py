@@ -41,3 +41,15 @@ def test_paired_difference_matches_scipys_paired_t_test():
         assert differ == (stats.ttest_rel(a, b).pvalue < 0.05)
     with pytest.raises(ValueError):
         paired_difference([1.0, 2.0], [2.0, 3.0, 4.0])
+
+
+def test_the_wilson_interval_holds_its_own_estimate_at_0_and_100_percent():
+    """At 0 or n correct the bound meets the estimate; float error once put it on the wrong side
+    (a negative error bar, which matplotlib refuses)."""
+    from sparse_tuning.tools.stats import wilson_interval
+
+    for n in range(1, 300):
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 100.0
+        for c in (0, n // 2, n):
+            lo, hi = wilson_interval(c, n)
+            assert lo <= 100 * c / n <= hi

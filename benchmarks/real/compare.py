@@ -31,12 +31,13 @@ ADAPTER_LR = 1e-3
 KEEP_RATES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def run_config(args: argparse.Namespace, method: str, seed: int):
-    """The RunConfig of one method and seed."""
+def run_config(args: argparse.Namespace, method: str, seed: int, sparse_tuning: dict | None = None):
+    """The RunConfig of one method and seed (sparse_tuning: Sparse-Tuning or reduction fields)."""
     from sparse_tuning.training.config import resolve_config
 
     return resolve_config({
         "model": MODEL, "weights": args.weights, "img_size": args.img_size, "data": args.data, "method": method,
+        "sparse_tuning": dict(sparse_tuning or {}),
         "augment": "none", "train_samples": args.train_samples, "eval_samples": args.eval_samples,
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": LR.get(method, ADAPTER_LR),
                   "warmup_epochs": 1, "weight_decay": 1e-4, "seed": seed, "num_workers": 0, "log_every": 1000,
@@ -224,21 +225,26 @@ def plot_sweep(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def protocol_arguments(p: argparse.ArgumentParser, out: Path) -> None:
+    """The protocol's options, shared with reduction.py."""
     p.add_argument("--weights", required=True, help="the converted backbone (backbone.py --out)")
     p.add_argument("--data", default="fashionmnist:/usr/share/datasets/fashion-mnist")
     p.add_argument("--runs", required=True, help="folder for the training runs (large; not committed)")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    p.add_argument("--out", default=str(out))
     p.add_argument("--img-size", type=int, default=112)
     p.add_argument("--train-samples", type=int, default=1000)
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--rounds", type=int, default=6, help="timed rounds per method or configuration")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    protocol_arguments(p, out=Path(__file__).resolve().parent)
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
-    p.add_argument("--rounds", type=int, default=6, help="timed rounds per method")
     p.add_argument("--phases", default="train,sweep,time,report")
     args = p.parse_args(argv)
     phases = args.phases.split(",")

@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SparseTuningConfig": "core.config",
     "DenseAdapter": "core.adapter",
-    "apply": "api", "count_params": "api", "kept_tokens": "api",
+    "apply": "api", "count_params": "api", "kept_tokens": "api", "token_sources": "api",
     "trainable_named_parameters": "api", "trainable_parameters": "api",
     "load_adapters": "adapter_io", "save_adapters": "adapter_io",
     "count_flops": "tools.flops", "flop_report": "tools.flops",
@@ -43,7 +43,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never run
     from .adapter_io import load_adapters, save_adapters
-    from .api import apply, count_params, kept_tokens, trainable_named_parameters, trainable_parameters
+    from .api import (apply, count_params, kept_tokens, token_sources, trainable_named_parameters,
+                      trainable_parameters)
     from .core.adapter import DenseAdapter
     from .core.config import SparseTuningConfig
     from .tools.export import load_model

@@ -60,6 +60,12 @@ def kept_tokens(model: nn.Module) -> list[torch.Tensor]:
     return state_of(model).kept_tokens()
 
 
+def token_sources(model: nn.Module) -> list[torch.Tensor]:
+    """After a forward with ToMe's reduction: one LongTensor (B, num_patches) per block, the
+    index (into that block's output tokens) of the token holding each original patch."""
+    return state_of(model).token_sources()
+
+
 def set_keep_rate(model: nn.Module, keep_rate: float, method: str = "") -> None:
     """The keep rate at inference, no retraining; refused for a model with no sparsifying block
     (one that keeps every token by construction: it has nothing the rate could change)."""

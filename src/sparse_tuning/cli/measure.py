@@ -29,12 +29,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..training.devices import resolve_device
 
     methods = list(bench_rows()) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.reductions:  # every method under every rule: "lora+tome" ...
+        rules = [r.strip() for r in args.reductions.split(",") if r.strip()]
+        methods = [m if r == "none" else f"{m}+{r}" for m in methods for r in rules]
     for m in methods:
         split_row(m)
     if args.weights and not Path(args.weights).is_file():
         raise FileNotFoundError(f"weights file not found: {args.weights}")
     setup = BenchSetup(args.model, args.img_size, args.batch_size, resolve_device(args.device), args.amp,
-                       weights=args.weights, compile=args.compile)
+                       weights=args.weights, compile=args.compile, keep_rate=args.keep_rate,
+                       tome_r=tuple(args.tome_r) if args.tome_r else (8,))
     accuracy = run_accuracies(args.runs) if args.runs else None
     rows = run_bench(setup, methods, args.rounds, args.warmup, memory=not args.no_memory, accuracy=accuracy,
                      progress=_say)
@@ -77,6 +81,10 @@ def add_commands(sub) -> None:
     p.add_argument("--methods", default="all", help="all (every method, then sparse-tuning with eager attention), "
                                                     "or comma-separated names; 'NAME (eager)' times NAME with "
                                                     "attention computed by hand")
+    p.add_argument("--reductions", default=None, help="comma-separated token reductions (class-attention, tome, "
+                                                      "random, none): every method is measured under each, as "
+                                                      "rows 'METHOD+RULE'; a row may also be written so in --methods")
+    add_model_options(p, ["keep_rate", "tome_r"])
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default: %(default)s)")
     add_model_options(p, ["amp"], amp="off")

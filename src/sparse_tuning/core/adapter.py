@@ -121,3 +121,17 @@ def _linear(layer: nn.Linear, x: AdapterInput) -> Tensor:
     if isinstance(x, FactoredOutput):
         return x.project(layer.weight, layer.bias)
     return layer(x)
+
+
+def follow(a: AdapterInput, step, num_prefix: int) -> AdapterInput:
+    """An earlier adapter output (tensor or factored) after the tokens' reduction step: a
+    sparsification step (the same kept indices and merge weights) or a ToMe merge (the same
+    size-weighted average). Both are linear in the tokens, so the factored form follows through
+    its coefficients, the mass column included."""
+    from .merging import MergeStep
+    from .sparsify import apply_step
+
+    move = step.apply if isinstance(step, MergeStep) else (lambda t: apply_step(t, step, num_prefix))
+    if isinstance(a, FactoredOutput):
+        return a._replace(coeffs=move(a.coeffs))
+    return move(a)

@@ -9,7 +9,8 @@ from typing import Any, Literal, get_args
 
 Fusion = Literal["down-sum", "input-sum", "up-sum"]
 Merge = Literal["mean", "sum", "drop"]
-FUSIONS, MERGES = get_args(Fusion), get_args(Merge)
+Reduction = Literal["class-attention", "tome", "random", "none"]
+FUSIONS, MERGES, REDUCTIONS = get_args(Fusion), get_args(Merge), get_args(Reduction)
 
 # The paper's positions for a 12-block ViT: after its 4th, 7th and 10th blocks (0-based 3, 6, 9).
 PAPER_DEPTH = 12
@@ -36,12 +37,21 @@ class SparseTuningConfig:
     merge: Merge = "mean"
     # Dense Adapters beside the FFNs; --no-adapters gives token sparsification alone ("TS only").
     adapters: bool = True
+    # How tokens are reduced: top-k by the class token's attention at sparsify_at (the method),
+    # ToMe's bipartite merging at every block, a random keep_rate share at sparsify_at (the
+    # control for the ranking), or none. Methods outside the Sparse-Tuning family reduce only when given.
+    reduction: Reduction = "class-attention"
+    # ToMe: tokens merged away in each block; one number for every block, or one per block.
+    tome_r: tuple[int, ...] = (8,)
+    # ToMe: add log(token size) to the attention logits, so a merged token weighs what it holds.
+    proportional_attention: bool = True
 
     def __post_init__(self) -> None:
         # Lists from JSON or a CLI become tuples so configs compare and hash the same way.
         if self.sparsify_at is not None:
             self.sparsify_at = tuple(self.sparsify_at)
         self.dense_inputs = tuple(self.dense_inputs)
+        self.tome_r = (self.tome_r,) if _is_int(self.tome_r) else tuple(self.tome_r)
         self.validate()
 
     def validate(self) -> None:
@@ -66,6 +76,12 @@ class SparseTuningConfig:
             raise ValueError(f"merge={self.merge!r}: expected one of {', '.join(MERGES)}")
         if not isinstance(self.adapters, bool):
             raise ValueError(f"adapters={self.adapters!r}: expected True or False")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"reduction={self.reduction!r}: expected one of {', '.join(REDUCTIONS)}")
+        if not self.tome_r or not all(_is_int(r) and r >= 0 for r in self.tome_r):
+            raise ValueError(f"tome_r={self.tome_r!r}: expected token counts >= 0, one or one per block")
+        if not isinstance(self.proportional_attention, bool):
+            raise ValueError(f"proportional_attention={self.proportional_attention!r}: expected True or False")
 
     def resolve_sparsify_at(self, depth: int) -> tuple[int, ...]:
         """The sparsifying block indices for a ViT of `depth` blocks, checked against it."""
@@ -80,6 +96,20 @@ class SparseTuningConfig:
                 f"sparsify_at={self.sparsify_at!r}: block {bad[0]} does not exist; "
                 f"this model has blocks 0..{depth - 1}")
         return at
+
+    def resolve_tome_r(self, depth: int) -> tuple[int, ...]:
+        """Tokens ToMe merges away in each of `depth` blocks (0 where it does not reduce)."""
+        if self.reduction != "tome":
+            return (0,) * depth
+        if len(self.tome_r) == 1:
+            return self.tome_r * depth
+        if len(self.tome_r) != depth:
+            raise ValueError(f"tome_r={self.tome_r!r}: expected one number or {depth} (one per block)")
+        return self.tome_r
+
+    def reduces_at(self, depth: int) -> tuple[int, ...]:
+        """The blocks that rank and keep tokens (class-attention, random); none for tome and none."""
+        return self.resolve_sparsify_at(depth) if self.reduction in ("class-attention", "random") else ()
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v, tuple) else v)

@@ -43,14 +43,15 @@ def class_attention_scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
     return logits.softmax(dim=-1, dtype=torch.float32)[:, :, 0].mean(dim=1)
 
 
-def plan_step(scores: Tensor, k: int, merge: str) -> SparsifyStep:
-    """Choose the kept tokens and the merge weights from non-prefix scores (B, M)."""
+def plan_step(scores: Tensor, k: int, merge: str, merge_scores: Optional[Tensor] = None) -> SparsifyStep:
+    """Choose the kept tokens and the merge weights from non-prefix scores (B, M); the merge
+    weighs the others by ``merge_scores`` where given (the random rule: all alike)."""
     B, M = scores.shape
     keep_idx = scores.topk(k, dim=1).indices.sort(dim=1).values
     if merge == "drop":
         return SparsifyStep(keep_idx, None)
     # Static shapes: weights over all M tokens, zeroed at the kept ones (no boolean indexing).
-    weights = scores.scatter(1, keep_idx, 0.0)
+    weights = (scores if merge_scores is None else merge_scores).scatter(1, keep_idx, 0.0)
     if merge == "mean":
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
     elif merge != "sum":
@@ -69,14 +70,23 @@ def apply_step(x: Tensor, step: SparsifyStep, num_prefix: int) -> Tensor:
     return torch.cat([prefix, kept, fused], dim=1)
 
 
-def sparsify(x: Tensor, scores: Tensor, keep_rate: float, num_prefix: int,
+def sparsify(x: Tensor, scores: Optional[Tensor], keep_rate: float, num_prefix: int,
              merge: str = "mean") -> tuple[Tensor, Optional[SparsifyStep]]:
-    """One step on x (B, N, C) with scores (B, N) over all tokens; a no-op (None) when k == M."""
-    M = x.shape[1] - num_prefix
+    """One step on x (B, N, C) with scores (B, N) over all tokens; a no-op (None) when k == M.
+
+    scores None: the random rule, the control for the ranking. A uniform draw ranks the tokens
+    (torch's generator: torch.manual_seed reproduces it, and checkpointing replays it) and the
+    others merge with equal weights."""
+    B, N, C = x.shape
+    M = N - num_prefix
     k = keep_count(keep_rate, M)
     if k == M:
         return x, None
-    step = plan_step(scores[:, num_prefix:], k, merge)
+    if scores is None:
+        ranks = torch.rand(B, M, device=x.device)
+        step = plan_step(ranks, k, merge, merge_scores=torch.ones_like(ranks))
+    else:
+        step = plan_step(scores[:, num_prefix:], k, merge)
     return apply_step(x, step, num_prefix), step
 
 

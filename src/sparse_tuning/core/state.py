@@ -30,6 +30,7 @@ class SparseTuningState:
         self._blocks = blocks
         self._attention = list(attention)
         self.last_steps: list[Optional[SparsifyStep]] = []
+        self.last_merges: list = []                      # per block: ToMe's MergeStep, or None
         self.last_tokens: list[tuple[int, int]] = []   # (tokens in, tokens out) per block
         self.last_num_patches = 0
         self.last_batch_size = 0
@@ -57,6 +58,22 @@ class SparseTuningState:
     def adapters(self) -> list[nn.Module]:
         """The Dense Adapters, in block order (none for token sparsification alone)."""
         return [blk.adapter for blk in self._blocks if blk.adapter is not None]
+
+    @property
+    def depth(self) -> int:
+        return len(self._blocks)
+
+    def token_sources(self) -> list[torch.Tensor]:
+        """ToMe: after each block, the token holding each original patch (B, num_patches)."""
+        from .merging import merge_sources
+
+        if self.config.reduction != "tome":
+            raise ValueError(f"token_sources is for ToMe's merges; this model's reduction is {self.config.reduction!r}: "
+                             "st.kept_tokens(model) says which tokens it kept")
+        if not self.last_batch_size:
+            raise RuntimeError("no forward pass has run since Sparse-Tuning was applied")
+        return merge_sources(self.last_merges, self.last_num_patches, self.num_prefix, self.last_batch_size,
+                             device=self.last_steps_device)
 
     def kept_tokens(self) -> list[torch.Tensor]:
         if not self.last_batch_size:

@@ -20,9 +20,9 @@ import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.adapter import DenseAdapter, FactoredOutput
+from ..core.adapter import DenseAdapter, follow
 from ..core.config import SparseTuningConfig
-from ..core.sparsify import apply_step, class_attention_scores, sparsify
+from ..core.sparsify import class_attention_scores, sparsify
 from ..core.state import SparseTuningState
 from .base import _SparseTuningModel, sparse_tuning_class
 
@@ -82,12 +82,6 @@ def attention(layer: nn.Module, attn: nn.Module, x: torch.Tensor, fused: bool,
     return out, scores
 
 
-def _follow(a, step, num_prefix: int):
-    if isinstance(a, FactoredOutput):
-        return a._replace(coeffs=apply_step(a.coeffs, step, num_prefix))
-    return apply_step(a, step, num_prefix)
-
-
 def _check_arguments(layer: nn.Module, args: tuple, kwargs: dict) -> None:
     # 4.x passes head_mask (ViT, DeiT, DINOv2) or the two attention masks (CLIP) positionally,
     # None from a vision model's own forward; 5.x passes attention_mask, None or all-visible.
@@ -111,9 +105,10 @@ def layer_compute(layer: nn.Module, x: torch.Tensor, history: tuple) -> tuple[to
     x = x + after_attention(attn_out)
     step = None
     if layer.st_sparsify:
-        x, step = sparsify(x, scores, st.config.keep_rate, st.num_prefix, st.config.merge)
+        ranked = st.config.reduction == "class-attention"
+        x, step = sparsify(x, scores if ranked else None, st.config.keep_rate, st.num_prefix, st.config.merge)
         if step is not None:
-            history = tuple(_follow(a, step, st.num_prefix) for a in history)
+            history = tuple(follow(a, step, st.num_prefix) for a in history)
     out = x + ffn(norm2(x))
     if layer.adapter is not None:
         inputs = [x] + [history[-d] for d in layer.st_dense_inputs]
@@ -220,7 +215,10 @@ def _claim_checkpointing(model: nn.Module, layers: nn.ModuleList) -> None:
 def patch_layers(model: nn.Module, layers: nn.ModuleList, width: int, heads: int, num_prefix: int,
                  config: SparseTuningConfig) -> SparseTuningState:
     config = dataclasses.replace(config)
-    sparsify_at = config.resolve_sparsify_at(len(layers))
+    if config.reduction == "tome":
+        raise ValueError("reduction 'tome' is not available on transformers models yet; "
+                         "class-attention, random and none are")
+    sparsify_at = config.reduces_at(len(layers))
     state = SparseTuningState(config, sparsify_at, num_prefix, layers, list(layers))
     ref = next(model.parameters())
     for i, layer in enumerate(layers):

@@ -191,7 +191,8 @@ class TimmHost(Host):
         return model.blocks.prompts
 
     def lora_targets(self, model: nn.Module) -> list[str]:
-        check_supported(model)
+        if not hasattr(model, "sparse_tuning"):  # a reduction patched in first keeps timm's qkv
+            check_supported(model)
         return ["qkv"]
 
     def set_grad_checkpointing(self, model: nn.Module, enable: bool = True) -> None:

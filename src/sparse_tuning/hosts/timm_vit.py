@@ -17,35 +17,46 @@ import torch.utils.checkpoint
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from ..core.adapter import AdapterInput, DenseAdapter, FactoredOutput
+from ..core.adapter import AdapterInput, DenseAdapter, follow
 from ..core.config import SparseTuningConfig
-from ..core.sparsify import SparsifyStep, apply_step, class_attention_scores, sparsify
+from ..core.merging import MergeStep, merge_step
+from ..core.sparsify import SparsifyStep, class_attention_scores, sparsify
 from ..core.state import SparseTuningState
 from .base import sparse_tuning_class
 
 
-def attention_with_class_scores(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """timm ``Attention.forward`` that also returns the class token's head-averaged attention (B, N).
+def attention(attn: Attention, x: torch.Tensor, class_scores: bool = False, size: Optional[torch.Tensor] = None,
+              keys: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """timm ``Attention.forward``, and what token reduction reads from it: the class token's
+    head-averaged attention (B, N) if ``class_scores``; ToMe's metric, the keys averaged over
+    heads (B, N, D), if ``keys``. ``size`` (B, N, 1): proportional attention, log(size) added to
+    every query's logits over the keys.
 
-    Fused path: scaled_dot_product_attention for the output and the class row alone for the
-    scores. Eager path: timm's explicit softmax, whose class row is the scores.
+    Fused path: scaled_dot_product_attention (the bias as its float mask) and the class row
+    alone for the scores. Eager path: timm's explicit softmax, whose class row is the scores.
     """
     B, N, C = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
+    bias = None if size is None else size.log().to(q.dtype).view(B, 1, 1, N)
+    scores = None
     if attn.fused_attn:
-        scores = class_attention_scores(q, k, attn.scale)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        if class_scores:
+            scores = class_attention_scores(q, k, attn.scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                             dropout_p=attn.attn_drop.p if attn.training else 0.0)
     else:
-        weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        scores = weights[:, :, 0].mean(dim=1).float()
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        weights = (logits if bias is None else logits + bias).softmax(dim=-1)
+        if class_scores:
+            scores = weights[:, :, 0].mean(dim=1).float()
         out = attn.attn_drop(weights) @ v
     out = attn.norm(out.transpose(1, 2).reshape(B, N, attn.num_heads * attn.head_dim))
     if gate is not None:
         out = out * gate
-    return attn.proj_drop(attn.proj(out)), scores
+    return attn.proj_drop(attn.proj(out)), scores, k.mean(dim=1) if keys else None
 
 
 class SparseTuningBlock(Block):
@@ -57,11 +68,13 @@ class SparseTuningBlock(Block):
     st: SparseTuningState
     adapter: Optional[DenseAdapter]
 
-    def forward(self, x: torch.Tensor, history: Optional[tuple[AdapterInput, ...]] = None, **kwargs):
+    def forward(self, x: torch.Tensor, history: Optional[tuple[AdapterInput, ...]] = None,
+                size: Optional[torch.Tensor] = None, **kwargs):
         """x (B, N, C); history: the outputs of the latest earlier adapters, oldest first
-        (factored when ``st.factored_history``).
+        (factored when ``st.factored_history``); size (B, N, 1): the original patches each token
+        holds once ToMe has merged (None before).
 
-        Returns (x, history, step) for the next block.
+        Returns (x, history, step, size) for the next block.
         """
         if history is None or kwargs:
             raise RuntimeError(
@@ -69,18 +82,27 @@ class SparseTuningBlock(Block):
                 "the adapter outputs between them; attention masks and forward_intermediates are "
                 "not supported")
         st = self.st
+        cfg = st.config
         B, N, C = x.shape
         h = self.norm1(x)
         step = None
-        if self.st_sparsify:
-            attn_out, scores = attention_with_class_scores(self.attn, h)
+        r = cfg.resolve_tome_r(st.depth)[self.st_index]
+        proportional = size if cfg.proportional_attention else None
+        if self.st_sparsify:  # class-attention or random: rank, keep, merge the rest
+            ranked = cfg.reduction == "class-attention"
+            attn_out, scores, _ = attention(self.attn, h, class_scores=ranked)
             x = x + self.drop_path1(self.ls1(attn_out))
-            x, step = sparsify(x, scores, st.config.keep_rate, st.num_prefix, st.config.merge)
-            if step is not None:
-                # Earlier adapter outputs follow the tokens: same kept indices, same merge weights.
-                history = tuple(_follow(a, step, st.num_prefix) for a in history)
+            x, step = sparsify(x, scores if ranked else None, cfg.keep_rate, st.num_prefix, cfg.merge)
+        elif r or proportional is not None:  # ToMe
+            attn_out, _, metric = attention(self.attn, h, size=proportional, keys=r > 0)
+            x = x + self.drop_path1(self.ls1(attn_out))
+            if r:
+                x, size, step = merge_step(x, metric, size, r, st.num_prefix)
         else:
             x = x + self.drop_path1(self.ls1(self.attn(h)))
+        if step is not None:
+            # Earlier adapter outputs follow the tokens: the same kept indices and merge weights.
+            history = tuple(follow(a, step, st.num_prefix) for a in history)
         out = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         if self.adapter is not None:
             inputs = [x] + [history[-d] for d in self.st_dense_inputs]
@@ -93,14 +115,7 @@ class SparseTuningBlock(Block):
             # Keep only the outputs a later adapter will read (the latest max(dense_inputs)).
             keep = max(st.config.dense_inputs, default=0)
             history = (history + (a,))[-keep:] if keep else ()
-        return out, history, step
-
-
-def _follow(a: AdapterInput, step: SparsifyStep, num_prefix: int) -> AdapterInput:
-    """An earlier adapter output (tensor or factored) after the tokens' sparsification step."""
-    if isinstance(a, FactoredOutput):
-        return a._replace(coeffs=apply_step(a.coeffs, step, num_prefix))
-    return apply_step(a, step, num_prefix)
+        return out, history, step, size
 
 
 class SparseTuningBlocks(nn.Sequential):
@@ -112,18 +127,22 @@ class SparseTuningBlocks(nn.Sequential):
         B, N, C = x.shape
         st = self.st
         history: tuple[AdapterInput, ...] = ()
+        size: Optional[torch.Tensor] = None
         steps: list[Optional[SparsifyStep]] = []
+        merges: list[Optional[MergeStep]] = []
         tokens: list[tuple[int, int]] = []
         for blk in self:
             n_in = x.shape[1]
             if st.grad_checkpointing and torch.is_grad_enabled():
-                x, history, step = torch.utils.checkpoint.checkpoint(blk, x, history, use_reentrant=False)
+                x, history, step, size = torch.utils.checkpoint.checkpoint(blk, x, history, size, use_reentrant=False)
             else:
-                x, history, step = blk(x, history)
+                x, history, step, size = blk(x, history, size)
             tokens.append((n_in, x.shape[1]))
-            if blk.st_sparsify:  # kept for kept_tokens(): indices only, no autograd graph held
+            # kept for kept_tokens() and token_sources(): indices only, no autograd graph held
+            if blk.st_sparsify:
                 steps.append(None if step is None else step.detached())
-        st.last_steps, st.last_tokens = steps, tokens
+            merges.append(step.detached() if isinstance(step, MergeStep) else None)
+        st.last_steps, st.last_tokens, st.last_merges = steps, tokens, merges
         st.last_num_patches, st.last_batch_size = N - st.num_prefix, B
         st.last_steps_device = x.device
         return x
@@ -157,7 +176,8 @@ def patch_vit(model: VisionTransformer, config: SparseTuningConfig) -> SparseTun
     check_supported(model)
     config = dataclasses.replace(config)  # the model's own copy: its keep rate changes alone
     depth = len(model.blocks)
-    sparsify_at = config.resolve_sparsify_at(depth)
+    config.resolve_tome_r(depth)  # checked against the depth now
+    sparsify_at = config.reduces_at(depth)
     state = SparseTuningState(config, sparsify_at, model.num_prefix_tokens, model.blocks,
                               [blk.attn for blk in model.blocks])
     ref = next(model.parameters())

@@ -77,8 +77,21 @@ def method_config(name: str, keep_rate: Optional[float] = None, **fields) -> Opt
     plain model, for FLOP counts)."""
     method = None if name == "dense" else get_method(name)
     if method is None or method.sparse_tuning_config is None:
+        reduction = fields.get("reduction")
+        if method is not None and reduction not in (None, "none"):
+            # A reduction under another method (LoRA with ToMe, EViT's full fine-tuning): the
+            # reduction's own fields, no Dense Adapters.
+            if method.reduction == "none":
+                raise ValueError(f"--reduction does not apply to --method {name}: its blocks are its own "
+                                 "(a reduction works with " + ", ".join(
+                                     m.name for m in all_methods() if m.reduction != "none") + ")")
+            from ..core.config import SparseTuningConfig
+
+            return SparseTuningConfig(**{**fields, **({} if keep_rate is None else {"keep_rate": keep_rate}),
+                                         "adapters": False})
         if keep_rate is not None:
-            raise ValueError(f"--keep-rate does not apply to --method {name} (it keeps every token)")
+            raise ValueError(f"--keep-rate does not apply to --method {name} (it keeps every token; "
+                             "--reduction class-attention, tome or random reduces them)")
         return None
     return method.sparse_tuning_config(keep_rate, fields)
 
@@ -89,6 +102,13 @@ def prepare(model: "nn.Module", name: str, sparse_tuning: Optional["SparseTuning
     method = get_method(name)
     if sparse_tuning is None and method.sparse_tuning_config is not None:
         sparse_tuning = method_config(name)
+    if sparse_tuning is not None and method.sparse_tuning_config is None:  # a reduction under the method
+        if method.reduction == "none":
+            raise ValueError(f"--reduction does not apply to --method {name}: its blocks are its own")
+        if method.reduction == "before":
+            from ..api import apply
+
+            apply(model, sparse_tuning)
     method.prepare(model, sparse_tuning, method.make_options(options))
     return model
 

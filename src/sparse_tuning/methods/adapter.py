@@ -23,4 +23,4 @@ def _prepare(model, config, options: AdapterOptions) -> None:
 
 
 register(Method("adapter", "sequential bottleneck adapters after each FFN (Houlsby)", _prepare, order=20,
-                options=AdapterOptions))
+                options=AdapterOptions, reduction="none"))  # its blocks replace timm's, as ours would

@@ -16,12 +16,16 @@ class AdaptFormerOptions:
 
 
 def _prepare(model, config, options: AdaptFormerOptions) -> None:
+    import dataclasses
+
     from ..api import apply
     from ..core.config import SparseTuningConfig
 
-    apply(model, SparseTuningConfig(keep_rate=1.0, sparsify_at=(), dense_inputs=(),
-                                    bottleneck=options.adapter_bottleneck, scale=options.adapter_scale))
+    # config: a token reduction to run under it (--reduction), else every token kept
+    reduced = config if config is not None else SparseTuningConfig(keep_rate=1.0, sparsify_at=(), reduction="none")
+    apply(model, dataclasses.replace(reduced, adapters=True, dense_inputs=(), fusion="down-sum",
+                                     bottleneck=options.adapter_bottleneck, scale=options.adapter_scale))
 
 
 register(Method("adaptformer", "AdaptFormer: a scaled parallel adapter beside each FFN", _prepare, order=30,
-                options=AdaptFormerOptions))
+                options=AdaptFormerOptions, reduction="own"))

@@ -55,6 +55,10 @@ class Method:
     without_adapters: Optional[str] = None  # the method that --no-adapters makes of this one
     for_inference: Optional[Callable[["nn.Module"], "nn.Module"]] = None  # before export (merge LoRA)
     train_hook: Optional[Callable[..., TrainHook]] = None  # train_hook(model, train_config, steps_per_epoch)
+    # How a token reduction (--reduction) reaches a method without a Sparse-Tuning config of its
+    # own: "before" (the model is reduced first, Sparse-Tuning without adapters, then the method
+    # changes it), "own" (prepare receives the config and applies it itself), "none" (refused).
+    reduction: str = "before"
 
     def make_options(self, values: Optional[dict[str, Any]] = None) -> Any:
         """This method's options from a dict of every method's options (others ignored)."""

@@ -20,6 +20,9 @@ def _config(keep_rate: Optional[float], fields: dict[str, Any], *, adapters: boo
     if every_token:
         if keep_rate is not None:
             raise ValueError(f"--keep-rate does not apply to --method {every_token} (it keeps every token)")
+        if fields.get("reduction", "none") not in ("none", "class-attention"):
+            raise ValueError(f"--reduction does not apply to --method {every_token} (it keeps every token); "
+                             "--method sparse-tuning takes any reduction")
         keep_rate = 1.0
     kw = {} if keep_rate is None else {"keep_rate": keep_rate}
     return SparseTuningConfig(**{**fields, **kw, "adapters": adapters})
@@ -67,7 +70,7 @@ COMMON = dict(prepare=_prepare, train_hook=keep_rate_warmup, saves_adapters=True
 register(Method("ts-only", "token sparsification alone: the frozen ViT keeps the most-attended tokens; "
                 "only the head trains", order=70, reduces_tokens=True,
                 sparse_tuning_config=partial(_config, adapters=False), **COMMON))
-register(Method("da-only", "Dense Adapters alone: every token kept", order=80,
+register(Method("da-only", "Dense Adapters alone: every token kept", order=80, reduction="none",
                 sparse_tuning_config=partial(_config, adapters=True, every_token="da-only"), **COMMON))
 register(Method("sparse-tuning", "the method: token sparsification + Dense Adapters (the default)", order=90,
                 reduces_tokens=True, without_adapters="ts-only", sparse_tuning_config=partial(_config, adapters=True), **COMMON))

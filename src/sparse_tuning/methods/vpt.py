@@ -24,4 +24,4 @@ def _prepare(model, config, options: VptOptions) -> None:
 
 
 register(Method("vpt", "VPT-deep: learnable prompt tokens before every block", _prepare, order=50,
-                options=VptOptions))
+                options=VptOptions, reduction="none"))  # prompts would need protecting from the reduction

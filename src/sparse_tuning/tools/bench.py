@@ -40,11 +40,26 @@ def bench_rows() -> tuple[str, ...]:
 
 
 def split_row(row: str) -> tuple[str, bool]:
-    """('sparse-tuning', True) for 'sparse-tuning (eager)'; checks the method exists."""
+    """('sparse-tuning', True) for 'sparse-tuning (eager)'; checks the method exists. A row may
+    name a token reduction after the method: 'lora+tome' (see row_config)."""
     eager = row.endswith(EAGER)
     name = row[:-len(EAGER)] if eager else row
-    get_method(name)
+    get_method(name.partition("+")[0])
     return name, eager
+
+
+def row_config(row: str, setup: "BenchSetup"):
+    """The method and the Sparse-Tuning or reduction config of a row: 'METHOD' runs the method
+    as it is; 'METHOD+RULE' under the reduction RULE at the setup's keep rate or ToMe r."""
+    from ..methods import method_config
+
+    name, _ = split_row(row)
+    method, _, reduction = name.partition("+")
+    fields: dict[str, Any] = {}
+    if reduction:
+        fields = {"reduction": reduction, "tome_r": tuple(setup.tome_r)}
+    keep = setup.keep_rate if reduction in ("class-attention", "random") else None
+    return method, method_config(method, keep, **fields) if (reduction or keep is not None) else None
 
 
 def eager_attention(model: nn.Module) -> None:
@@ -63,6 +78,8 @@ class BenchSetup:
     num_classes: int = 100
     weights: Optional[str] = None  # a local backbone checkpoint; None: random values
     compile: bool = False          # torch.compile each method's model before timing it
+    keep_rate: Optional[float] = None  # rows 'METHOD+class-attention' and '+random': the share kept (None: 0.7)
+    tome_r: tuple = (8,)           # rows 'METHOD+tome': tokens merged per block
 
 
 def build(setup: BenchSetup, method: str) -> nn.Module:
@@ -75,9 +92,9 @@ def build(setup: BenchSetup, method: str) -> nn.Module:
             p.normal_(0, 0.02)
     if setup.weights:
         host_for(model).load_weights(model, setup.weights)
-    name, eager = split_row(method)
-    prepare(model, name)
-    if eager:
+    name, config = row_config(method, setup)
+    prepare(model, name, config)
+    if split_row(method)[1]:
         eager_attention(model)
     return model
 
@@ -193,13 +210,13 @@ def run_bench(setup: BenchSetup, methods: list[str], rounds: int = 10, warmup: i
     probe = build_architecture(setup.model, setup.img_size, setup.num_classes)  # meta device: no cost
     host_for(probe).check_supported(probe)
     for m in methods:  # every name checked, and tried on the host, before any work
-        prepare(build_architecture(setup.model, setup.img_size, setup.num_classes), split_row(m)[0])
+        prepare(build_architecture(setup.model, setup.img_size, setup.num_classes), *row_config(m, setup))
     say(f"timing {len(methods)} methods: {warmup} warm-up and {rounds} timed rounds, interleaved")
     timings = time_methods(setup, methods, rounds, warmup)
     rows = []
     for i, m in enumerate(methods):
         model = build_architecture(setup.model, setup.img_size, setup.num_classes)
-        prepare(model, split_row(m)[0])
+        prepare(model, *row_config(m, setup))
         size = host_for(model).input_size(model)
         total, trainable = count_params(model)
         row = {"method": m, "params_trainable": trainable, "params_total": total,

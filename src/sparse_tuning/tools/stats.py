@@ -23,7 +23,8 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+    # The interval holds p; at p = 0 or 1 its bound is p exactly, which float error can overshoot.
+    return 100 * max(0.0, min(p, centre - half)), 100 * min(1.0, max(p, centre + half))
 
 
 def accuracy_interval(top1: float, images: int) -> list[float]:

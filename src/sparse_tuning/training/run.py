@@ -62,6 +62,16 @@ def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None, eval
                            mean=dc["mean"], std=dc["std"])
 
 
+def reduction_text(config) -> str:
+    """', tokens: ...' for a run's summary line: which reduction, at what rate; '' for none."""
+    if config is None or config.reduction == "none" or (config.reduction != "tome" and config.keep_rate == 1.0):
+        return ""
+    if config.reduction == "tome":
+        r = config.tome_r[0] if len(config.tome_r) == 1 else list(config.tome_r)
+        return f", tokens: ToMe, r {r} per block"
+    return f", tokens: {config.reduction}, keep rate {config.keep_rate:g}"
+
+
 RESUME_CHANGES = ("epochs", "lr", "min_lr")  # what --resume may change: train longer, or with another lr
 
 
@@ -135,7 +145,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, log, main: bool, 
                           hook=method.train_hook, record=cfg.to_dict(), changeable=RESUME_CHANGES)
         if main:  # every check passed: only now is the folder written
             atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
-        results = trainer.run(about=f"{cfg.model}, --method {cfg.method}")
+        results = trainer.run(about=f"{cfg.model}, --method {cfg.method}" + reduction_text(cfg.sparse_tuning))
         if main:
             save_trainable(model, run_dir / "trainable.safetensors", meta)
             if method.saves_adapters:  # the portable file for sparse_tuning.load_adapters

@@ -1,0 +1,223 @@
+"""Token reduction as its own axis on the timm host: ToMe against a reference ToMe ViT written
+here, the random control, and the adapter history under every rule."""
+import pytest
+import torch
+from conftest import randomize_adapters, tiny_vit
+from test_merging import reference_tome
+
+import sparse_tuning as st
+
+REDUCTIONS = ["class-attention", "tome", "random", "none"]
+
+
+def reference_tome_vit(vit, images, rs, proportional):
+    """ToMe's ViT, step by step from its paper: per block attention (with log(size) added to the
+    logits when proportional), then the merge of r tokens on the head-averaged keys, then the MLP.
+    Returns the logits and the token sizes after each block."""
+    P = vit.num_prefix_tokens
+    x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
+    size = torch.ones(x.shape[0], x.shape[1], 1, dtype=x.dtype)
+    sizes = []
+    for blk, r in zip(vit.blocks, rs):
+        B, N, C = x.shape
+        H = blk.attn.num_heads
+        qkv = blk.attn.qkv(blk.norm1(x)).reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        logits = (q @ k.transpose(-2, -1)) * (C // H) ** -0.5
+        if proportional:
+            logits = logits + size.log()[:, None, None, :, 0]
+        x = x + blk.attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
+        if r:
+            x, size = reference_tome(x, size, k.mean(1), r, class_token=True, distill_token=P == 2)
+        x = x + blk.mlp(blk.norm2(x))
+        sizes.append(size[..., 0])
+    return vit.forward_head(vit.norm(x)), sizes
+
+
+@pytest.mark.parametrize("proportional", [True, False])
+@pytest.mark.parametrize("reg_tokens", [0, 1])  # one prefix token, or two (ToMe's distillation-token layout)
+@pytest.mark.parametrize("tome_r", [(6,), (8, 0, 4, 12, 3, 0, 9, 2, 5, 1, 7, 6)])
+def test_tome_equals_the_reference_tome_vit(reg_tokens, proportional, tome_r):
+    vit = tiny_vit(reg_tokens=reg_tokens, no_embed_class=bool(reg_tokens)).double()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rs = tome_r * 12 if len(tome_r) == 1 else tome_r
+    with torch.no_grad():
+        expected, sizes = reference_tome_vit(vit, images, rs, proportional)
+    model = st.apply(vit, st.SparseTuningConfig(reduction="tome", tome_r=tome_r, adapters=False,
+                                                proportional_attention=proportional))
+    for fused in (True, False):
+        model.sparse_tuning.fused_attn = fused
+        with torch.no_grad():
+            got = model(images)
+        assert torch.allclose(got, expected, atol=1e-10, rtol=0)
+    P = 1 + reg_tokens
+    counts = [n_out for _, n_out in model.sparse_tuning.last_tokens]
+    assert counts == [s.shape[1] for s in sizes]
+    # the size of each token after every block, from which original patches it holds
+    for where, size in zip(st.token_sources(model), sizes):
+        held = torch.zeros_like(size).scatter_add_(1, where, torch.ones_like(where, dtype=size.dtype))
+        held[:, :P] = 1
+        assert torch.equal(held, size)
+
+
+def test_tome_r_is_a_runtime_knob_and_checked_against_the_depth():
+    model = st.apply(tiny_vit(), st.SparseTuningConfig(reduction="tome", tome_r=4, adapters=False))
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(images)
+    assert model.sparse_tuning.last_tokens[-1][1] == 65 - 12 * 4
+    model.sparse_tuning.config.tome_r = (2,)
+    with torch.no_grad():
+        model(images)
+    assert model.sparse_tuning.last_tokens[-1][1] == 65 - 12 * 2
+    with pytest.raises(ValueError, match="one number or 12"):
+        st.apply(tiny_vit(), st.SparseTuningConfig(reduction="tome", tome_r=(1, 2, 3)))
+
+
+def test_random_keeps_exactly_the_budget_and_is_reproducible_from_a_seed():
+    model = st.apply(tiny_vit(), st.SparseTuningConfig(reduction="random", keep_rate=0.5))
+    images = torch.randn(2, 3, 32, 32)
+
+    def kept(seed):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            model(images)
+        return [k.tolist() for k in st.kept_tokens(model)]
+
+    a, b, c = kept(0), kept(0), kept(1)
+    assert a == b and a != c
+    assert [len(k[0]) for k in a] == [32, 17, 9]  # ceil(0.5 M), M = 64, 33, 18: as class-attention
+    ranked = st.apply(tiny_vit(), st.SparseTuningConfig(keep_rate=0.5))
+    with torch.no_grad():
+        ranked(images)
+    assert ranked.sparse_tuning.last_tokens == model.sparse_tuning.last_tokens
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_factored_history_matches_the_reference_formulation_under_every_rule(images, reduction):
+    """Earlier adapter outputs follow every rule's step (kept indices and merge weights, or
+    ToMe's size-weighted merge): factored and direct give the same outputs and gradients."""
+    def run(factored):
+        model = st.apply(tiny_vit(), st.SparseTuningConfig(reduction=reduction, keep_rate=0.5, tome_r=4))
+        randomize_adapters(model, std=0.2)
+        model.sparse_tuning.factored_history = factored
+        model.train()
+        torch.manual_seed(0)  # the random rule draws the same tokens
+        out = model(images)
+        (out ** 2).sum().backward()
+        return out, model.sparse_tuning.last_tokens, {n: p.grad for n, p in st.trainable_named_parameters(model)}
+
+    out_f, tokens_f, grads_f = run(True)
+    out_r, tokens_r, grads_r = run(False)
+    assert tokens_f == tokens_r
+    assert (tokens_f[-1][1] < 65) == (reduction != "none")
+    assert torch.allclose(out_f, out_r, atol=1e-5)
+    for name in grads_f:
+        assert torch.allclose(grads_f[name], grads_r[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_unknown_reduction_is_refused():
+    with pytest.raises(ValueError, match="reduction='bogus'"):
+        st.SparseTuningConfig(reduction="bogus")
+    with pytest.raises(ValueError, match="tome_r"):
+        st.SparseTuningConfig(tome_r=(-1,))
+
+
+PAIRS = [(m, r) for m in ("lora", "adaptformer", "linear", "full", "ts-only", "sparse-tuning")
+         for r in ("class-attention", "tome", "random")]
+
+
+@pytest.mark.parametrize("method,reduction", PAIRS)
+def test_every_method_trains_under_every_rule_and_only_its_parameters_move(method, reduction):
+    from sparse_tuning.methods import method_config, prepare
+
+    config = method_config(method, None if reduction == "tome" else 0.5, reduction=reduction, tome_r=(3,))
+    model = prepare(tiny_vit(), method, config)
+    assert model.sparse_tuning.config.reduction == reduction
+    declared = {n for n, p in model.named_parameters() if p.requires_grad}
+    plain = {n for n, p in prepare(tiny_vit(), method).named_parameters() if p.requires_grad}
+    assert declared == plain  # the reduction adds no parameter and frees none
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(2):
+        x, y = torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= declared
+    assert model.sparse_tuning.last_tokens[-1][1] < 65
+
+
+def hand_macs_tome(r, C=64, H=4, classes=10, patches=64, P=4):
+    """ToMe's tiny ViT written out (MACs): the blocks at their token counts, plus each merge's
+    similarity matrix (A tokens x B tokens x head width); the gathers and sizes cost no MACs."""
+    macs = patches * C * 3 * P * P
+    n = patches + 1
+    for _ in range(12):
+        macs += 5 * n * C + 3 * n * C * C + 2 * n * n * C + n * C * C
+        if min(r, (n - 1) // 2) > 0:
+            macs += ((n + 1) // 2) * (n // 2) * (C // H)
+            n -= min(r, (n - 1) // 2)
+        macs += 5 * n * C + 8 * n * C * C
+    return (macs + 5 * n * C + C * classes) / 1e9
+
+
+@pytest.mark.parametrize("r", [2, 3, 8])
+def test_tome_flops_match_the_hand_count(r):
+    from sparse_tuning.methods import method_config, prepare
+
+    model = prepare(tiny_vit(), "linear", method_config("linear", reduction="tome", tome_r=(r,)))
+    assert st.count_flops(model, (3, 32, 32)) == pytest.approx(hand_macs_tome(r), rel=1e-12)
+
+
+def test_parameters_and_flops_of_a_few_pairs_by_hand():
+    from test_flops import hand_macs
+    from test_methods import HAND
+
+    from sparse_tuning.methods import method_config, prepare
+
+    linear_ca = prepare(tiny_vit(), "linear", method_config("linear", 0.5, reduction="class-attention"))
+    assert st.count_flops(linear_ca, (3, 32, 32)) == pytest.approx(hand_macs(0.5), rel=1e-12)  # = ts-only's
+    assert st.count_params(linear_ca)[1] == HAND["linear"]
+    lora_ca = prepare(tiny_vit(), "lora", method_config("lora", 0.7, reduction="class-attention"))
+    assert st.count_params(lora_ca)[1] == HAND["lora"]
+    adaptformer_tome = prepare(tiny_vit(), "adaptformer", method_config("adaptformer", reduction="tome"))
+    assert st.count_params(adaptformer_tome)[1] == HAND["adaptformer"]
+
+
+def test_methods_whose_blocks_are_their_own_refuse_a_reduction():
+    from sparse_tuning.methods import method_config
+
+    for method in ("adapter", "vpt", "da-only"):
+        with pytest.raises(ValueError, match="does not apply to --method"):
+            method_config(method, reduction="tome")
+    with pytest.raises(ValueError, match="--reduction class-attention, tome or random reduces them"):
+        method_config("lora", 0.5)
+
+
+def test_bench_measures_every_method_under_every_rule(tmp_path):
+    import json
+
+    from sparse_tuning.cli import main
+
+    assert main(["bench", "--model", "st_vit_micro_patch4_32", "--methods", "lora,adaptformer",
+                 "--reductions", "none,class-attention,tome", "--tome-r", "4", "--keep-rate", "0.5",
+                 "--rounds", "1", "--warmup", "0", "--batch-size", "2", "--no-memory", "--out", str(tmp_path)]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    assert list(rows) == ["lora", "lora+class-attention", "lora+tome",
+                          "adaptformer", "adaptformer+class-attention", "adaptformer+tome"]
+    for m in ("lora", "adaptformer"):
+        assert rows[f"{m}+class-attention"]["params_trainable"] == rows[m]["params_trainable"]
+        assert rows[f"{m}+class-attention"]["gflops"] < rows[m]["gflops"]
+        assert rows[f"{m}+tome"]["gflops"] < rows[m]["gflops"]
+
+
+def test_token_sources_are_for_tome_and_kept_tokens_for_the_others():
+    model = st.apply(tiny_vit())
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="kept_tokens"):
+        st.token_sources(model)
