@@ -352,7 +352,7 @@ def test_a_patched_transformers_model_pickles_with_torch_save(tmp_path, images):
     assert all(layer.gradient_checkpointing for layer in loaded.sparse_tuning._blocks)
 
 
-@pytest.mark.parametrize("family", ["vit", "clip", "dinov2"])
+@pytest.mark.parametrize("family", ["vit", "clip", "dinov2", "deit"])
 def test_the_transforms_follow_the_image_processor_config(tmp_path, family):
     """Evaluation images come out as transformers' own image processor makes them: mean, std,
     resample, resize (exact, or shorter side then a centre crop); DINOv2 takes the processor's
@@ -372,6 +372,10 @@ def test_the_transforms_follow_the_image_processor_config(tmp_path, family):
     elif family == "clip":
         model = tf.CLIPVisionModel(tf.CLIPVisionConfig(**small, image_size=32))
         proc = tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    elif family == "deit":  # an exact resize, then a centre crop (256 then 224 at full size)
+        model = tf.DeiTModel(tf.DeiTConfig(**small, image_size=32))
+        proc = tf.DeiTImageProcessor(size={"height": 40, "width": 40}, crop_size={"height": 32, "width": 32},
+                                     resample=3, **imagenet)
     else:
         model = tf.Dinov2Model(tf.Dinov2Config(**small, image_size=64))
         proc = tf.BitImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32},
@@ -391,7 +395,7 @@ def test_the_transforms_follow_the_image_processor_config(tmp_path, family):
     assert ours.shape == theirs.shape == (3, 32, 32)
     assert (ours - theirs).abs().mean() < 1e-3, (ours - theirs).abs().mean()  # a wrong crop: ~0.07
     with torch.no_grad():
-        assert loaded(pixel_values=ours[None]).last_hidden_state.shape[1] == 1 + 64
+        assert loaded(pixel_values=ours[None]).last_hidden_state.shape[1] == 1 + (family == "deit") + 64
 
 
 def test_img_size_on_transformers_models(tmp_path):

@@ -66,7 +66,7 @@ def test_tome_r_is_a_runtime_knob_and_checked_against_the_depth():
     with torch.no_grad():
         model(images)
     assert model.sparse_tuning.last_tokens[-1][1] == 65 - 12 * 4
-    model.sparse_tuning.config.tome_r = (2,)
+    model.sparse_tuning.config.tome_r = 2  # an int, as ToMe's model.r
     with torch.no_grad():
         model(images)
     assert model.sparse_tuning.last_tokens[-1][1] == 65 - 12 * 2
@@ -198,6 +198,28 @@ def test_methods_whose_blocks_are_their_own_refuse_a_reduction():
         method_config("lora", 0.5)
 
 
+def test_a_rules_options_given_with_another_rule_are_refused_not_ignored():
+    from sparse_tuning.methods import method_config
+
+    with pytest.raises(ValueError, match="--keep-rate does not apply to --reduction tome"):
+        method_config("sparse-tuning", 0.5, reduction="tome")
+    with pytest.raises(ValueError, match="--sparsify-at does not apply to --reduction tome"):
+        method_config("lora", None, reduction="tome", sparsify_at=(2,))
+    with pytest.raises(ValueError, match="--tome-r does not apply to --reduction class-attention"):
+        method_config("sparse-tuning", None, tome_r=(4,))
+    with pytest.raises(ValueError, match="--proportional-attention does not apply to --reduction random"):
+        method_config("lora", 0.5, reduction="random", proportional_attention=False)
+    with pytest.raises(ValueError, match="--keep-rate does not apply to --reduction none"):
+        method_config("sparse-tuning", 0.5, reduction="none")
+    # a default value is not an option given: a whole recorded config still resolves
+    assert method_config("sparse-tuning", 0.7, reduction="tome", tome_r=(3,), merge="mean").tome_r == (3,)
+    with pytest.raises(ValueError, match="--keep-rate applies to models that sparsify tokens|ToMe"):
+        st_model = st.apply(tiny_vit(), st.SparseTuningConfig(reduction="tome"))
+        from sparse_tuning.api import set_keep_rate
+
+        set_keep_rate(st_model, 0.5)
+
+
 def test_bench_measures_every_method_under_every_rule(tmp_path):
     import json
 
@@ -207,12 +229,12 @@ def test_bench_measures_every_method_under_every_rule(tmp_path):
                  "--reductions", "none,class-attention,tome", "--tome-r", "4", "--keep-rate", "0.5",
                  "--rounds", "1", "--warmup", "0", "--batch-size", "2", "--no-memory", "--out", str(tmp_path)]) == 0
     rows = {r["method"]: r for r in json.loads((tmp_path / "bench.json").read_text())["rows"]}
-    assert list(rows) == ["lora", "lora+class-attention", "lora+tome",
-                          "adaptformer", "adaptformer+class-attention", "adaptformer+tome"]
+    assert list(rows) == ["lora+none", "lora+class-attention", "lora+tome",
+                          "adaptformer+none", "adaptformer+class-attention", "adaptformer+tome"]
     for m in ("lora", "adaptformer"):
-        assert rows[f"{m}+class-attention"]["params_trainable"] == rows[m]["params_trainable"]
-        assert rows[f"{m}+class-attention"]["gflops"] < rows[m]["gflops"]
-        assert rows[f"{m}+tome"]["gflops"] < rows[m]["gflops"]
+        assert rows[f"{m}+class-attention"]["params_trainable"] == rows[f"{m}+none"]["params_trainable"]
+        assert rows[f"{m}+class-attention"]["gflops"] < rows[f"{m}+none"]["gflops"]
+        assert rows[f"{m}+tome"]["gflops"] < rows[f"{m}+none"]["gflops"]
 
 
 def test_token_sources_are_for_tome_and_kept_tokens_for_the_others():

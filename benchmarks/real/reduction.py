@@ -48,7 +48,10 @@ def slug(name: str) -> str:
 
 
 def compare_results(args) -> dict[str, Any]:
-    return json.loads((Path(args.compare) / "results.json").read_text())["methods"]
+    """compare.py's top-1 of each method by seed: {method: {seed: top1}}."""
+    results = json.loads((Path(args.compare) / "results.json").read_text())
+    seeds = results["meta"]["seeds"]
+    return {m: dict(zip(seeds, r["top1"])) for m, r in results["methods"].items()}
 
 
 def phase_train(args) -> None:
@@ -66,7 +69,7 @@ def phase_train(args) -> None:
             train_run(compare.run_config(args, method, seed, fields), run)
             if same_as:
                 got = json.loads((run / "results.json").read_text())["final"]["top1"]
-                want = reused[same_as]["top1"][args.seeds.index(seed)]
+                want = reused[same_as][seed]
                 if abs(got - want) > 1e-9:
                     raise SystemExit(f"{name} seed {seed}: {got} here, {want} in compare.py's results; "
                                      "the protocol no longer reproduces, so its runs cannot be reused")
@@ -117,7 +120,7 @@ def phase_report(args, argv: list[str]) -> None:
     configs: dict[str, Any] = {}
     for name, (method, fields, same_as) in CONFIGS.items():
         if same_as:
-            top1, source = list(reused[same_as]["top1"]), "compare.py"
+            top1, source = [reused[same_as][s] for s in args.seeds], "compare.py"
         else:
             top1 = [json.loads((Path(args.runs) / f"{slug(name)}-seed{s}" / "results.json").read_text())["final"]["top1"]
                     for s in args.seeds]

@@ -70,6 +70,9 @@ def set_keep_rate(model: nn.Module, keep_rate: float, method: str = "") -> None:
     """The keep rate at inference, no retraining; refused for a model with no sparsifying block
     (one that keeps every token by construction: it has nothing the rate could change)."""
     st = getattr(model, "sparse_tuning", None)
+    if st is not None and st.config.reduction == "tome":
+        raise ValueError("--keep-rate does not apply to ToMe's reduction, which merges tome_r tokens in every "
+                         "block (model.sparse_tuning.config.tome_r changes it)")
     if st is None or not st.sparsify_at:
         what = f"--method {method}" if method else "this model"
         raise ValueError(f"--keep-rate applies to models that sparsify tokens, not to {what}")

@@ -24,14 +24,24 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..tools.bench import BenchSetup, bench_meta, bench_rows, bench_table, run_accuracies, run_bench, \
+    from ..tools.bench import EAGER, BenchSetup, bench_meta, bench_rows, bench_table, run_accuracies, run_bench, \
         split_row, write_bench
     from ..training.devices import resolve_device
 
     methods = list(bench_rows()) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.reductions:  # every method under every rule: "lora+tome" ...
+    if args.reductions:  # every method that can take one under every rule: "lora+tome" ...
+        from ..methods import get_method
+
         rules = [r.strip() for r in args.reductions.split(",") if r.strip()]
-        methods = [m if r == "none" else f"{m}+{r}" for m in methods for r in rules]
+        rows = []
+        for m in methods:
+            name, eager = split_row(m)
+            if get_method(name).reduction == "none":
+                _say(f"{name}: no reduction applies to it; measured as it is")
+                rows.append(m)
+                continue
+            rows += [f"{name}+{r}" + (EAGER if eager else "") for r in rules]
+        methods = rows
     for m in methods:
         split_row(m)
     if args.weights and not Path(args.weights).is_file():

@@ -101,11 +101,12 @@ class SparseTuningConfig:
         """Tokens ToMe merges away in each of `depth` blocks (0 where it does not reduce)."""
         if self.reduction != "tome":
             return (0,) * depth
-        if len(self.tome_r) == 1:
-            return self.tome_r * depth
-        if len(self.tome_r) != depth:
+        r = (self.tome_r,) if _is_int(self.tome_r) else tuple(self.tome_r)  # an int set at runtime, as ToMe's model.r
+        if len(r) == 1:
+            return r * depth
+        if len(r) != depth:
             raise ValueError(f"tome_r={self.tome_r!r}: expected one number or {depth} (one per block)")
-        return self.tome_r
+        return r
 
     def reduces_at(self, depth: int) -> tuple[int, ...]:
         """The blocks that rank and keep tokens (class-attention, random); none for tome and none."""

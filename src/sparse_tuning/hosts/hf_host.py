@@ -56,7 +56,8 @@ def _size_field(size: Any, key: str) -> Optional[int]:
 def read_preprocessing(source: str) -> Optional[dict[str, Any]]:
     """The evaluation preprocessing a model's image-processor config asks for: mean, std,
     resample, and either a resize of the shorter side then a centre crop (crop_pct = crop / side,
-    CLIP, DINOv2) or a resize to the exact size (ViT: timm's "squash"). None without a config."""
+    CLIP, DINOv2) or a resize to an exact size (timm's "squash"), then a centre crop where asked
+    (DeiT: 256 then 224). None without a config."""
     from transformers import AutoImageProcessor
 
     try:
@@ -69,7 +70,12 @@ def read_preprocessing(source: str) -> Optional[dict[str, Any]]:
         out_hw = (_size_field(crop, "height"), _size_field(crop, "width"))
         crop_pct, crop_mode = out_hw[0] / side, "center"
     elif size is not None and _size_field(size, "height"):
-        out_hw, crop_pct, crop_mode = (_size_field(size, "height"), _size_field(size, "width")), 1.0, "squash"
+        out_hw, crop_pct = (_size_field(size, "height"), _size_field(size, "width")), 1.0
+        if getattr(proc, "do_center_crop", False) and crop is not None and _size_field(crop, "height"):
+            # DeiT: resize to 256x256, then the centre 224x224 (timm's squash with crop_pct)
+            crop_pct = _size_field(crop, "height") / out_hw[0]
+            out_hw = (_size_field(crop, "height"), _size_field(crop, "width"))
+        crop_mode = "squash"
     else:
         out_hw, crop_pct, crop_mode = (side, side) if side else None, 1.0, "center"
     return {"mean": tuple(float(v) for v in proc.image_mean), "std": tuple(float(v) for v in proc.image_std),

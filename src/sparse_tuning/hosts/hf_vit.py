@@ -51,6 +51,16 @@ def layer_parts(layer: nn.Module):
             lambda t: layer.output.dropout(layer.output.dense(layer.intermediate(t))))
 
 
+def _attention_dropout(attn: nn.Module) -> float:
+    """The attention-probability dropout: a float on 5.x and CLIP (``attention_dropout`` or
+    ``dropout``), the inner self-attention's nn.Dropout on 4.x ViT, DeiT and DINOv2."""
+    for value in (getattr(attn, "attention_dropout", None), getattr(attn, "dropout", None)):
+        if isinstance(value, float):
+            return value
+    inner = getattr(getattr(attn, "attention", None), "dropout", None)
+    return float(inner.p) if isinstance(inner, nn.Dropout) else 0.0
+
+
 def attention(layer: nn.Module, attn: nn.Module, x: torch.Tensor, fused: bool,
               class_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The layer's self-attention from its own q/k/v/o weights, and (if asked) the class
@@ -64,8 +74,7 @@ def attention(layer: nn.Module, attn: nn.Module, x: torch.Tensor, fused: bool,
     D = q_lin.out_features // H
     q, k, v = (lin(x).view(B, N, H, D).transpose(1, 2) for lin in (q_lin, k_lin, v_lin))
     scale = D ** -0.5
-    p = next((v for v in (getattr(attn, "attention_dropout", None), getattr(attn, "dropout", None))
-              if isinstance(v, float)), 0.0) if layer.training else 0.0
+    p = _attention_dropout(attn) if layer.training else 0.0
     scores = None
     if fused:
         if class_scores:
@@ -101,12 +110,12 @@ def layer_compute(layer: nn.Module, x: torch.Tensor, history: tuple) -> tuple[to
     B, N, C = x.shape
     st: SparseTuningState = layer.st
     norm1, attention_module, after_attention, norm2, ffn = layer_parts(layer)
-    attn_out, scores = attention(layer, attention_module, norm1(x), layer.fused_attn, layer.st_sparsify)
+    ranked = layer.st_sparsify and st.config.reduction == "class-attention"  # random: no scores needed
+    attn_out, scores = attention(layer, attention_module, norm1(x), layer.fused_attn, ranked)
     x = x + after_attention(attn_out)
     step = None
     if layer.st_sparsify:
-        ranked = st.config.reduction == "class-attention"
-        x, step = sparsify(x, scores if ranked else None, st.config.keep_rate, st.num_prefix, st.config.merge)
+        x, step = sparsify(x, scores, st.config.keep_rate, st.num_prefix, st.config.merge)
         if step is not None:
             history = tuple(follow(a, step, st.num_prefix) for a in history)
     out = x + ffn(norm2(x))

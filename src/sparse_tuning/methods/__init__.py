@@ -72,10 +72,32 @@ def validate_options(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _check_rule_options(keep_rate: Optional[float], fields: dict[str, Any]) -> None:
+    """Refuse a rule's options given with another rule (they would be ignored): --keep-rate,
+    --sparsify-at and --merge are class-attention's and random's, --tome-r and
+    --proportional-attention ToMe's. A value equal to the default is not an option given (a
+    whole recorded config carries every field)."""
+    from ..core.config import SparseTuningConfig
+
+    default = SparseTuningConfig()
+    rule = fields.get("reduction", default.reduction)
+    given = {k for k, v in fields.items() if k != "reduction" and hasattr(default, k)
+             and (tuple(v) if isinstance(v, list) else v) != getattr(default, k)}
+    if keep_rate is not None and keep_rate != default.keep_rate:
+        given.add("keep_rate")
+    foreign = {"tome": {"keep_rate", "sparsify_at", "merge"}, "none": {"keep_rate", "sparsify_at", "merge",
+                                                                       "tome_r", "proportional_attention"}}.get(
+        rule, {"tome_r", "proportional_attention"}) & given
+    if foreign:
+        flags = ", ".join("--" + f.replace("_", "-") for f in sorted(foreign))
+        raise ValueError(f"{flags} does not apply to --reduction {rule}")
+
+
 def method_config(name: str, keep_rate: Optional[float] = None, **fields) -> Optional["SparseTuningConfig"]:
     """The Sparse-Tuning config a method runs; None for a method without one ("dense" is the
     plain model, for FLOP counts)."""
     method = None if name == "dense" else get_method(name)
+    _check_rule_options(keep_rate, fields)
     if method is None or method.sparse_tuning_config is None:
         reduction = fields.get("reduction")
         if method is not None and reduction not in (None, "none"):

@@ -20,7 +20,7 @@ def _config(keep_rate: Optional[float], fields: dict[str, Any], *, adapters: boo
     if every_token:
         if keep_rate is not None:
             raise ValueError(f"--keep-rate does not apply to --method {every_token} (it keeps every token)")
-        if fields.get("reduction", "none") not in ("none", "class-attention"):
+        if fields.get("reduction", "none") != "none":
             raise ValueError(f"--reduction does not apply to --method {every_token} (it keeps every token); "
                              "--method sparse-tuning takes any reduction")
         keep_rate = 1.0

@@ -55,10 +55,12 @@ def row_config(row: str, setup: "BenchSetup"):
 
     name, _ = split_row(row)
     method, _, reduction = name.partition("+")
-    fields: dict[str, Any] = {}
-    if reduction:
-        fields = {"reduction": reduction, "tome_r": tuple(setup.tome_r)}
-    keep = setup.keep_rate if reduction in ("class-attention", "random") else None
+    fields: dict[str, Any] = {"reduction": reduction} if reduction else {}
+    if reduction == "tome":
+        fields["tome_r"] = tuple(setup.tome_r)
+    # the keep rate reaches the rows that rank tokens: a rule that does, or a method that does by default
+    ranks = reduction in ("class-attention", "random") or (not reduction and get_method(method).reduces_tokens)
+    keep = setup.keep_rate if ranks else None
     return method, method_config(method, keep, **fields) if (reduction or keep is not None) else None
 
 
