@@ -181,13 +181,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     colors = {"Dense Adapters": "C0", "LoRA": "C1", "AdaptFormer": "C2"}
     markers = {"class-attention": "o", "tome": "^", "random": "x", "none": "s"}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.2), sharey=True)
+    curves: dict[tuple[str, str], list[dict[str, Any]]] = {}  # one curve per adapter and rule
+    for name, r in results["configs"].items():
+        rule = r["fields"].get("reduction", "class-attention" if r["method"] == "sparse-tuning" else "none")
+        curves.setdefault((FAMILY[r["method"]], rule), []).append(r)
     for ax, key, label in ((axes[0], "gflops", "GFLOPs per image (112x112 input)"),
                            (axes[1], "infer_img_s", "inference throughput (images/s, 2 CPU threads, batch 32)")):
-        for name, r in results["configs"].items():
-            rule = r["fields"].get("reduction", "class-attention" if r["method"] == "sparse-tuning" else "none")
-            ax.errorbar(r[key], r["top1_mean"], yerr=r["top1_std"], fmt=markers[rule], capsize=4,
-                        color=colors[FAMILY[r["method"]]], label=name, markersize=8)
+        for (family, rule), points in curves.items():
+            points = sorted(points, key=lambda p: p["gflops"])
+            ax.errorbar([p[key] for p in points], [p["top1_mean"] for p in points],
+                        yerr=[p["top1_std"] for p in points], fmt=markers[rule] + "-", capsize=4, markersize=8,
+                        color=colors[family], label=f"{family} + {rule}" if ax is axes[0] else None)
+        for name, r in results["configs"].items():  # the rate of each point
+            tag = ("keep " + str(r["fields"]["keep_rate"]) if "keep_rate" in r["fields"] else
+                   "r " + str(r["fields"]["tome_r"][0]) if "tome_r" in r["fields"] else "")
+            if tag:
+                ax.annotate(tag, (r[key], r["top1_mean"]), textcoords="offset points", xytext=(6, -12), fontsize=7)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 accuracy (%, mean ± sd over seeds)")
@@ -195,8 +205,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"Token reduction rules under three adapters: DINOv2 ViT-S/14, Fashion-MNIST "
                  f"({meta['train_samples']} training images, {len(meta['seeds'])} seeds). Colour: adapter; "
                  "marker: o class-attention, ^ ToMe, x random, s none", fontsize=9)
-    axes[1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    fig.legend(loc="lower center", ncol=4, fontsize=8, title="adapter + token reduction (points: mean ± sd)",
+               title_fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
