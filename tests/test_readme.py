@@ -96,3 +96,14 @@ def test_readme_video_figures_are_in_the_benchmark_file():
     jd, js = rows[("joint", "dense")], rows[("joint", "sparse-tuning")]
     assert f"joint layout {jd:.2f} GFLOPs dense, {js:.2f} with Sparse-Tuning ({100 * (1 - js / jd):.0f}% fewer" in readme
     assert f"frames layout {rows[('frames', 'dense')]:.2f} and {rows[('frames', 'sparse-tuning')]:.2f}" in readme
+
+
+def test_readme_reduction_figures_are_in_the_committed_results():
+    results = json.loads((ROOT / "benchmarks" / "real" / "reduction" / "results.json").read_text())["configs"]
+    readme = flat((ROOT / "README.md").read_text())
+    for name, r in results.items():
+        row = (f"| {name} | {r['top1_mean']:.1f} ± {r['top1_std']:.1f} | {r['gflops']:.2f} | {r['tokens_after']} | "
+               f"{r['infer_img_s']:.0f} |")
+        assert row in readme, row
+        if "vs" in r:
+            assert f"{r['vs']['mean_difference']:+.1f} ± {r['vs']['sd']:.1f}: {r['vs']['verdict']} |" in readme, name
