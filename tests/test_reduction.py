@@ -131,7 +131,8 @@ PAIRS = [(m, r) for m in ("lora", "adaptformer", "linear", "full", "ts-only", "s
 def test_every_method_trains_under_every_rule_and_only_its_parameters_move(method, reduction):
     from sparse_tuning.methods import method_config, prepare
 
-    config = method_config(method, None if reduction == "tome" else 0.5, reduction=reduction, tome_r=(3,))
+    rule = {"reduction": reduction, **({"tome_r": (3,)} if reduction == "tome" else {})}
+    config = method_config(method, None if reduction == "tome" else 0.5, **rule)
     model = prepare(tiny_vit(), method, config)
     assert model.sparse_tuning.config.reduction == reduction
     declared = {n for n, p in model.named_parameters() if p.requires_grad}
