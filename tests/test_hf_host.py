@@ -266,7 +266,7 @@ def test_lora_linear_and_full_run_on_the_transformers_host(images):
 
 
 @pytest.mark.parametrize("switch", ["transformers", "transformers-reentrant", "set_grad_checkpointing",
-                                    "before-apply"])
+                                    "before-apply", "transformers-tome"])
 def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes_each_layer(images, switch):
     """transformers' own switch (reentrant asked for or not, before Sparse-Tuning is applied or
     after) and set_grad_checkpointing: the adapters' and head's gradients equal those without
@@ -277,11 +277,12 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes_each_lay
         model = hf_vit().double()
         if checkpointing == "before-apply":
             model.gradient_checkpointing_enable()
-        model = st.apply(model, st.SparseTuningConfig(keep_rate=0.6))
+        rule = dict(reduction="tome", tome_r=(3,)) if switch.endswith("tome") else dict(keep_rate=0.6)
+        model = st.apply(model, st.SparseTuningConfig(**rule))  # ToMe: the token sizes cross the checkpoints too
         randomize_adapters(model)
         # 5.x renamed the switch (the old name warns); 4.x has only gradient_checkpointing_enable
         enable = getattr(model, "activation_checkpointing_enable", None)
-        if checkpointing == "transformers":
+        if checkpointing in ("transformers", "transformers-tome"):
             (enable or model.gradient_checkpointing_enable)()
         elif checkpointing == "transformers-reentrant":
             kwargs = {"use_reentrant": True}
@@ -295,7 +296,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_recomputes_each_lay
             layer_parts(layer)[0].register_forward_hook(lambda *_: calls.append(1))
         model(pixel_values=x, labels=labels).loss.backward()
         grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-        return grads, len(calls), st.kept_tokens(model)
+        return grads, len(calls), st.kept_tokens(model) + [torch.tensor(model.sparse_tuning.last_tokens)]
 
     from sparse_tuning.hosts.hf_vit import layer_parts
 
@@ -493,5 +494,23 @@ def test_the_random_rule_and_none_on_transformers_match_timm(images, tmp_path):
         assert torch.allclose(a, b, atol=1e-10, rtol=0)
         assert a_model.sparse_tuning.last_tokens == b_model.sparse_tuning.last_tokens
     assert a_model.sparse_tuning.last_tokens[-1] == (65, 65)  # none: every token
-    with pytest.raises(ValueError, match="'tome' is not available on transformers"):
-        st.apply(hf_vit(), st.SparseTuningConfig(reduction="tome"))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("proportional", [True, False])
+def test_tome_on_transformers_equals_tome_on_timm(images, tmp_path, fused, proportional):
+    """ToMe (timm's checked against an independent ToMe ViT in test_reduction.py) with Dense
+    Adapters: the same logits, token counts and token sources on both hosts."""
+    hf = hf_vit().double()
+    config = st.SparseTuningConfig(reduction="tome", tome_r=(3,), proportional_attention=proportional)
+    vit = st.apply(timm_from_hf(hf), config)
+    randomize_adapters(vit)
+    st.save_adapters(vit, tmp_path / "tome.safetensors")
+    st.load_adapters(hf, tmp_path / "tome.safetensors")
+    vit.sparse_tuning.fused_attn = hf.sparse_tuning.fused_attn = fused
+    x = images.double()
+    with torch.no_grad():
+        a, b = vit(x), hf(pixel_values=x).logits
+    assert torch.allclose(a, b, atol=1e-10, rtol=0)
+    assert hf.sparse_tuning.last_tokens == vit.sparse_tuning.last_tokens and vit.sparse_tuning.last_tokens[-1][1] == 29
+    assert all(torch.equal(p, q) for p, q in zip(st.token_sources(vit), st.token_sources(hf)))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..core.adapter import DenseAdapter, follow
 from ..core.config import SparseTuningConfig
+from ..core.merging import MergeStep, merge_step
 from ..core.sparsify import class_attention_scores, sparsify
 from ..core.state import SparseTuningState
 from .base import _SparseTuningModel, sparse_tuning_class
@@ -61,12 +62,15 @@ def _attention_dropout(attn: nn.Module) -> float:
     return float(inner.p) if isinstance(inner, nn.Dropout) else 0.0
 
 
-def attention(layer: nn.Module, attn: nn.Module, x: torch.Tensor, fused: bool,
-              class_scores: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The layer's self-attention from its own q/k/v/o weights, and (if asked) the class
-    token's head-averaged attention (B, N): fused SDPA plus the class row alone, or the explicit
-    softmax. Computed here for every layer rather than through transformers' attention module,
-    whose signature changes between versions (head_mask in 4.x, attention_mask in 5.x); a vision
+def attention(layer: nn.Module, attn: nn.Module, x: torch.Tensor, fused: bool, class_scores: bool,
+              size: Optional[torch.Tensor] = None,
+              keys: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The layer's self-attention from its own q/k/v/o weights; if asked, the class token's
+    head-averaged attention (B, N) and ToMe's metric, the keys averaged over heads (B, N, D);
+    ``size`` (B, N, 1): proportional attention, log(size) added to the logits. Fused SDPA (the
+    bias as its float mask, the class row alone for the scores) or the explicit softmax.
+    Computed here for every layer rather than through transformers' attention module, whose
+    signature changes between versions (head_mask in 4.x, attention_mask in 5.x); a vision
     ViT's layers attend to every token, so no mask applies."""
     B, N, C = x.shape
     q_lin, k_lin, v_lin, o_lin = projections(attn)
@@ -75,20 +79,22 @@ def attention(layer: nn.Module, attn: nn.Module, x: torch.Tensor, fused: bool,
     q, k, v = (lin(x).view(B, N, H, D).transpose(1, 2) for lin in (q_lin, k_lin, v_lin))
     scale = D ** -0.5
     p = _attention_dropout(attn) if layer.training else 0.0
+    bias = None if size is None else size.log().to(q.dtype).view(B, 1, 1, N)
     scores = None
     if fused:
         if class_scores:
             scores = class_attention_scores(q, k, scale)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
     else:
-        weights = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        logits = (q * scale) @ k.transpose(-2, -1)
+        weights = (logits if bias is None else logits + bias).softmax(dim=-1)
         if class_scores:
             scores = weights[:, :, 0].mean(dim=1).float()
         out = F.dropout(weights, p, layer.training) @ v
     out = o_lin(out.transpose(1, 2).reshape(B, N, H * D))
     if not hasattr(attn, "q_proj"):  # 4.x: ViTSelfOutput's dropout
         out = attn.output.dropout(out)
-    return out, scores
+    return out, scores, k.mean(dim=1) if keys else None
 
 
 def _check_arguments(layer: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -103,21 +109,27 @@ def _check_arguments(layer: nn.Module, args: tuple, kwargs: dict) -> None:
                          "st.kept_tokens(model) says which tokens each sparsification kept")
 
 
-def layer_compute(layer: nn.Module, x: torch.Tensor, history: tuple) -> tuple[torch.Tensor, tuple, Optional[object]]:
+def layer_compute(layer: nn.Module, x: torch.Tensor, history: tuple, size: Optional[torch.Tensor]):
     """One layer with Sparse-Tuning, as a pure function of its inputs (a checkpointed layer runs
-    it again in the backward pass): attention, sparsification where asked (earlier adapter
-    outputs follow the same step), the FFN, and the Dense Adapter beside it."""
+    it again in the backward pass): attention, the token reduction where asked (earlier adapter
+    outputs follow the same step), the FFN, and the Dense Adapter beside it. size: ToMe's token
+    sizes once it has merged. Returns (out, history, step, size)."""
     B, N, C = x.shape
     st: SparseTuningState = layer.st
+    cfg = st.config
     norm1, attention_module, after_attention, norm2, ffn = layer_parts(layer)
-    ranked = layer.st_sparsify and st.config.reduction == "class-attention"  # random: no scores needed
-    attn_out, scores = attention(layer, attention_module, norm1(x), layer.fused_attn, ranked)
+    ranked = layer.st_sparsify and cfg.reduction == "class-attention"  # random: no scores needed
+    r = cfg.resolve_tome_r(st.depth)[layer.st_index]
+    attn_out, scores, metric = attention(layer, attention_module, norm1(x), layer.fused_attn, ranked,
+                                         size=size if cfg.proportional_attention else None, keys=r > 0)
     x = x + after_attention(attn_out)
     step = None
     if layer.st_sparsify:
-        x, step = sparsify(x, scores, st.config.keep_rate, st.num_prefix, st.config.merge)
-        if step is not None:
-            history = tuple(follow(a, step, st.num_prefix) for a in history)
+        x, step = sparsify(x, scores, cfg.keep_rate, st.num_prefix, cfg.merge)
+    elif r:
+        x, size, step = merge_step(x, metric, size, r, st.num_prefix)
+    if step is not None:
+        history = tuple(follow(a, step, st.num_prefix) for a in history)
     out = x + ffn(norm2(x))
     if layer.adapter is not None:
         inputs = [x] + [history[-d] for d in layer.st_dense_inputs]
@@ -129,7 +141,7 @@ def layer_compute(layer: nn.Module, x: torch.Tensor, history: tuple) -> tuple[to
             out = torch.add(out, a, alpha=st.config.scale)
         keep = max(st.config.dense_inputs, default=0)
         history = (history + (a,))[-keep:] if keep else ()
-    return out, history, step
+    return out, history, step, size
 
 
 def layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
@@ -141,23 +153,25 @@ def layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
     x = hidden_states
     B, N, C = x.shape
     if self.st_index == 0:
-        st._history, st._steps, st._tokens = (), [], []
+        st._history, st._size, st._steps, st._merges, st._tokens = (), None, [], [], []
         st.last_num_patches, st.last_batch_size = N - st.num_prefix, B
     if (self.gradient_checkpointing or st.grad_checkpointing) and self.training and torch.is_grad_enabled():
         # Non-reentrant always: reentrant checkpointing differentiates only through tensor
         # arguments, and the adapter outputs arrive in a tuple (factored) from earlier layers.
         # transformers' function is used when set (it may offload to the CPU); the keyword wins.
         checkpoint = getattr(self, "_gradient_checkpointing_func", None) or torch.utils.checkpoint.checkpoint
-        out, history, step = checkpoint(layer_compute, self, x, st._history, use_reentrant=False)
+        out, history, step, size = checkpoint(layer_compute, self, x, st._history, st._size, use_reentrant=False)
     else:
-        out, history, step = layer_compute(self, x, st._history)
+        out, history, step, size = layer_compute(self, x, st._history, st._size)
     if self.st_sparsify:
         st._steps.append(None if step is None else step.detached())
-    st._history = history
+    st._merges.append(step.detached() if isinstance(step, MergeStep) else None)
+    st._history, st._size = history, size
     st._tokens.append((N, out.shape[1]))
     if self.st_last:
         st.last_steps, st.last_tokens, st.last_steps_device = st._steps, st._tokens, out.device
-        st._history = ()  # nothing held past the forward
+        st.last_merges = st._merges
+        st._history, st._size = (), None  # nothing held past the forward
     return (out,) if self.st_returns_tuple else out
 
 
@@ -224,9 +238,7 @@ def _claim_checkpointing(model: nn.Module, layers: nn.ModuleList) -> None:
 def patch_layers(model: nn.Module, layers: nn.ModuleList, width: int, heads: int, num_prefix: int,
                  config: SparseTuningConfig) -> SparseTuningState:
     config = dataclasses.replace(config)
-    if config.reduction == "tome":
-        raise ValueError("reduction 'tome' is not available on transformers models yet; "
-                         "class-attention, random and none are")
+    config.resolve_tome_r(len(layers))  # checked against the depth now
     sparsify_at = config.reduces_at(len(layers))
     state = SparseTuningState(config, sparsify_at, num_prefix, layers, list(layers))
     ref = next(model.parameters())
