@@ -225,6 +225,15 @@ def plot_sweep(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def run_phases(args: argparse.Namespace, argv: list[str], phases: dict) -> int:
+    """Run the phases named in --phases, in the order of ``phases`` (name -> function(args, argv))."""
+    asked = args.phases.split(",")
+    for name, phase in phases.items():
+        if name in asked:
+            phase(args, argv)
+    return 0
+
+
 def protocol_arguments(p: argparse.ArgumentParser, out: Path) -> None:
     """The protocol's options, shared with reduction.py."""
     p.add_argument("--weights", required=True, help="the converted backbone (backbone.py --out)")
@@ -247,16 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     p.add_argument("--phases", default="train,sweep,time,report")
     args = p.parse_args(argv)
-    phases = args.phases.split(",")
-    if "train" in phases:
-        phase_train(args)
-    if "sweep" in phases:
-        phase_sweep(args)
-    if "time" in phases:
-        phase_time(args)
-    if "report" in phases:
-        phase_report(args, argv)
-    return 0
+    return run_phases(args, argv, {"train": lambda a, _: phase_train(a), "sweep": lambda a, _: phase_sweep(a),
+                                   "time": lambda a, _: phase_time(a), "report": phase_report})
 
 
 if __name__ == "__main__":

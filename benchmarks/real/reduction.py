@@ -219,14 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", default=str(Path(__file__).resolve().parent), help="compare.py's results folder")
     p.add_argument("--phases", default="train,time,report")
     args = p.parse_args(argv)
-    phases = args.phases.split(",")
-    if "train" in phases:
-        phase_train(args)
-    if "time" in phases:
-        phase_time(args)
-    if "report" in phases:
-        phase_report(args, argv)
-    return 0
+    return compare.run_phases(args, argv, {"train": lambda a, _: phase_train(a), "time": lambda a, _: phase_time(a),
+                                           "report": phase_report})
 
 
 if __name__ == "__main__":

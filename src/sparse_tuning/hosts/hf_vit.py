@@ -119,7 +119,7 @@ def layer_compute(layer: nn.Module, x: torch.Tensor, history: tuple, size: Optio
     cfg = st.config
     norm1, attention_module, after_attention, norm2, ffn = layer_parts(layer)
     ranked = layer.st_sparsify and cfg.reduction == "class-attention"  # random: no scores needed
-    r = cfg.resolve_tome_r(st.depth)[layer.st_index]
+    r = cfg.resolve_tome_r(st.depth)[layer.st_index] if cfg.reduction == "tome" else 0
     attn_out, scores, metric = attention(layer, attention_module, norm1(x), layer.fused_attn, ranked,
                                          size=size if cfg.proportional_attention else None, keys=r > 0)
     x = x + after_attention(attn_out)

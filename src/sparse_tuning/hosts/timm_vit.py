@@ -86,7 +86,7 @@ class SparseTuningBlock(Block):
         B, N, C = x.shape
         h = self.norm1(x)
         step = None
-        r = cfg.resolve_tome_r(st.depth)[self.st_index]
+        r = cfg.resolve_tome_r(st.depth)[self.st_index] if cfg.reduction == "tome" else 0
         proportional = size if cfg.proportional_attention else None
         if self.st_sparsify:  # class-attention or random: rank, keep, merge the rest
             ranked = cfg.reduction == "class-attention"

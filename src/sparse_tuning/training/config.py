@@ -292,3 +292,23 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         return RunConfig.from_dict(recorded)
     except ValueError as e:
         raise ValueError(f"{path} cannot be read as a run's config: {e}") from None
+
+
+# What a resume may find changed without a word: where the run happens (device, workers, batch
+# size of evaluation), how often it reports, and where its data now lives (the classes and the
+# number of images are checked instead).
+MACHINE_FIELDS = ("train.device", "train.num_workers", "train.log_every", "train.save_every", "train.eval_batch_size",
+                  "train.compile", "train.compile_backend", "train.grad_checkpointing", "download", "data", "weights")
+
+
+def comparable_record(record: Any, changeable: tuple[str, ...]) -> dict[str, Any]:
+    """A run config flattened to 'section.field' keys, without what a resume may change."""
+    if isinstance(record, str):
+        record = json.loads(record)
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and key in ("train", "video", "baseline", "sparse_tuning"):
+            flat.update({f"{key}.{k}": v for k, v in value.items() if not (key == "train" and k in changeable)})
+        else:
+            flat[key] = value
+    return {k: v for k, v in flat.items() if k not in MACHINE_FIELDS}

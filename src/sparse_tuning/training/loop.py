@@ -25,7 +25,7 @@ from ..data.images import ImageData, SeededDataset, collate_skipping, quiet_work
 from ..hosts import host_for, logits_of
 from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig
+from .config import TrainConfig, comparable_record
 from .devices import autocast, compiled, resolve_device
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
 from .errors import Interrupted, TrainingError
@@ -146,7 +146,7 @@ class Trainer:
                                 f"{saved_steps} steps per epoch then; {len(self.data.train)} and {self.steps_per_epoch} "
                                 "now); resume with the data the run was trained on")
         if self.record is not None and state.get("run_config") is not None:
-            then, now = _comparable(state["run_config"], self.changeable), _comparable(self.record, self.changeable)
+            then, now = comparable_record(state["run_config"], self.changeable), comparable_record(self.record, self.changeable)
             changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
             if changed:
                 k = changed[0]
@@ -369,26 +369,6 @@ class _StopOnSignal:
     def __exit__(self, *exc) -> None:
         for s, handler in self.saved.items():
             signal.signal(s, handler)
-
-
-# What a resume may find changed without a word: where the run happens (device, workers, batch
-# size of evaluation), how often it reports, and where its data now lives (the classes and the
-# number of images are checked instead).
-MACHINE_FIELDS = ("train.device", "train.num_workers", "train.log_every", "train.save_every", "train.eval_batch_size",
-                  "train.compile", "train.compile_backend", "train.grad_checkpointing", "download", "data", "weights")
-
-
-def _comparable(record: Any, changeable: tuple[str, ...]) -> dict[str, Any]:
-    """A run config flattened to 'section.field' keys, without what a resume may change."""
-    if isinstance(record, str):
-        record = json.loads(record)
-    flat = {}
-    for key, value in record.items():
-        if isinstance(value, dict) and key in ("train", "video", "baseline", "sparse_tuning"):
-            flat.update({f"{key}.{k}": v for k, v in value.items() if not (key == "train" and k in changeable)})
-        else:
-            flat[key] = value
-    return {k: v for k, v in flat.items() if k not in MACHINE_FIELDS}
 
 
 def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
