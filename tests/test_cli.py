@@ -35,12 +35,25 @@ def test_flops_text_report(capsys):
     assert "197->100 | 100 x2 | 100->52" in out and "% of dense 17.58" in out
 
 
+def test_flops_text_names_the_reduction_of_any_method(capsys):
+    assert main(["flops", "--model", "vit_base_patch16_224", "--method", "vpt", "--reduction", "tome",
+                 "--tome-r", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "method       vpt: ToMe, r 8 per block\n" in out
+    assert "207->199 | 199->191" in out  # 196 patches, the class token and 10 prompts; 8 merged per block
+    assert main(["flops", "--model", "vit_base_patch16_224", "--method", "adapter", "--reduction", "random",
+                 "--keep-rate", "0.5"]) == 0
+    assert "adapter: random, keep rate 0.5 at blocks (3, 6, 9), merge mean\n" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args,message", [
     (["--model", "not_a_model"], "unknown timm model"),
     (["--model", "vit_base_patch16_224", "--img-size", "225"], "not divisible by the patch size"),
     (["--keep-rate", "1.5"], "keep_rate"),
     (["--method", "dense", "--keep-rate", "0.5"], "does not apply"),
     (["--sparsify-at", "3,20"], "block 20 does not exist"),
+    (["--reduction", "tome", "--keep-rate", "0.5"], "--keep-rate does not apply to --reduction tome"),
+    (["--method", "da-only", "--reduction", "tome"], "--reduction does not apply to --method da-only"),
     (["--model", "vit_base_patch16_siglip_224"], "no class token"),
 ])
 def test_user_errors_exit_2_with_one_line(capsys, args, message):

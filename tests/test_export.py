@@ -26,15 +26,19 @@ def reference(run_dir, x, keep_rate=None):
         return model(x)
 
 
-def test_onnx_matches_pytorch_with_a_dynamic_batch(run, tmp_path):
+def assert_onnx_matches_the_run(run_dir, path, batches):
+    """Export the run to ONNX and compare onnxruntime's logits with the run's at each batch size."""
     ort = pytest.importorskip("onnxruntime")
-    run_dir, _ = run
-    assert main(["export", "--run", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
-    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    for batch in (1, 5):
+    assert main(["export", "--run", str(run_dir), "--format", "onnx", "--out", str(path)]) == 0
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in batches:
         x = torch.randn(batch, 3, 32, 32)
         (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         assert np.allclose(logits, reference(run_dir, x).numpy(), atol=1e-4)
+
+
+def test_onnx_matches_pytorch_with_a_dynamic_batch(run, tmp_path):
+    assert_onnx_matches_the_run(run[0], tmp_path / "m.onnx", (1, 5))
 
 
 @pytest.mark.parametrize("fmt,load", [("torchscript", torch.jit.load),
@@ -142,3 +146,19 @@ def test_an_unreadable_image_is_one_line_not_a_traceback(run, tmp_path, capsys):
                  ["predict", "--run", str(run_dir), str(bad)]):
         assert main(argv) == 2
         assert f"cannot read {bad}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,rule", [("adapter", ["--reduction", "class-attention", "--keep-rate", "0.5"]),
+                                         ("vpt", ["--reduction", "tome", "--tome-r", "4,0,0,0,0,0,0,0,0,0,0,3"])])
+def test_adapter_and_vpt_under_a_reduction_train_and_export(tmp_path, run, method, rule):
+    """The pair's run reloads as it trained (method and rule recorded), and its ONNX file, whose
+    token counts are static per input size, computes what the run computes at any batch size.
+    (ToMe's schedule merges at two blocks only: each merging block adds seconds to the export.)"""
+    _, folder = run
+    out = tmp_path / method
+    assert main(["train", "--model", "st_vit_micro_patch4_32", "--no-pretrained", "--data", f"folder:{folder}",
+                 "--out", str(out), "--method", method, *rule, "--epochs", "1", "--batch-size", "4",
+                 "--num-workers", "0", "--lr", "0.01"]) == 0
+    model, _ = load_run(out)
+    assert model.sparse_tuning.config.reduction == rule[1]
+    assert_onnx_matches_the_run(out, tmp_path / "m.onnx", (1, 3))

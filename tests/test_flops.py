@@ -10,24 +10,25 @@ import sparse_tuning as st
 C, P, CLASSES, PATCHES = 64, 4, 10, 64
 
 
-def hand_macs(keep_rate=None, bottleneck=None, dense_inputs=(1, 3), sparsify_at=(3, 6, 9)):
-    """Multiply-accumulates of the tiny ViT written out; None = no sparsification / no adapters."""
+def hand_macs(keep_rate=None, bottleneck=None, dense_inputs=(1, 3), sparsify_at=(3, 6, 9), prompts=0):
+    """Multiply-accumulates of the tiny ViT written out; None = no sparsification / no adapters.
+    prompts: VPT-deep's per block, kept by every sparsification, gone before the final norm."""
     macs = PATCHES * C * 3 * P * P                          # patch embedding
-    n = PATCHES + 1
+    n = PATCHES + 1 + prompts
     history = 0                                              # adapter outputs carried along
     for i in range(12):
         macs += 5 * n * C + 3 * n * C * C + 2 * n * n * C + n * C * C  # LN1, qkv, q@k, attn@v, proj
         if keep_rate is not None and i in sparsify_at:
-            m = n - 1
+            m = n - 1 - prompts
             k = math.ceil(keep_rate * m - 1e-9)
             macs += (1 + history) * m * C                    # fused token of x and of each history tensor
-            n = 1 + k + 1
+            n = 1 + prompts + k + 1
         macs += 5 * n * C + 8 * n * C * C                    # LN2, fc1, fc2
         if bottleneck is not None:
             inputs = 1 + sum(1 for d in dense_inputs if i >= d)
             macs += n * (inputs * (C * bottleneck) + bottleneck * C)
             history = min(history + 1, max(dense_inputs, default=0))
-    macs += 5 * n * C + C * CLASSES                          # final norm, head on the class token
+    macs += 5 * (n - prompts) * C + C * CLASSES              # final norm, head on the class token
     return macs / 1e9
 
 

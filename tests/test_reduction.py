@@ -123,8 +123,14 @@ def test_unknown_reduction_is_refused():
         st.SparseTuningConfig(tome_r=(-1,))
 
 
-PAIRS = [(m, r) for m in ("lora", "adaptformer", "linear", "full", "ts-only", "sparse-tuning")
+PAIRS = [(m, r) for m in ("lora", "adaptformer", "adapter", "vpt", "linear", "full", "ts-only", "sparse-tuning")
          for r in ("class-attention", "tome", "random")]
+
+
+def _plain_name(name: str) -> str:
+    """A reducing block holds the sequential adapter as ``ffn_adapter`` (its ``adapter`` is the
+    Dense Adapter's place); the adapter method's own blocks call it ``adapter``."""
+    return name.replace(".ffn_adapter.", ".adapter.")
 
 
 @pytest.mark.parametrize("method,reduction", PAIRS)
@@ -137,7 +143,7 @@ def test_every_method_trains_under_every_rule_and_only_its_parameters_move(metho
     assert model.sparse_tuning.config.reduction == reduction
     declared = {n for n, p in model.named_parameters() if p.requires_grad}
     plain = {n for n, p in prepare(tiny_vit(), method).named_parameters() if p.requires_grad}
-    assert declared == plain  # the reduction adds no parameter and frees none
+    assert {_plain_name(n) for n in declared} == plain  # the reduction adds no parameter and frees none
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     g = torch.Generator().manual_seed(0)
@@ -187,14 +193,100 @@ def test_parameters_and_flops_of_a_few_pairs_by_hand():
     assert st.count_params(lora_ca)[1] == HAND["lora"]
     adaptformer_tome = prepare(tiny_vit(), "adaptformer", method_config("adaptformer", reduction="tome"))
     assert st.count_params(adaptformer_tome)[1] == HAND["adaptformer"]
+    adapter_ca = _reduced("adapter", reduction="class-attention", keep_rate=0.5)
+    assert st.count_params(adapter_ca)[1] == HAND["adapter"]
+    gflops = st.count_flops(adapter_ca, (3, 32, 32))
+    # the sequential adapter (b = 64) at each block's token count after the reduction: down and up
+    adapter_macs = sum(n_out * 2 * 64 * 64 for _, n_out in adapter_ca.sparse_tuning.last_tokens) / 1e9
+    assert gflops == pytest.approx(hand_macs(0.5) + adapter_macs, rel=1e-12)
+    vpt_ca = _reduced("vpt", reduction="class-attention", keep_rate=0.5)
+    assert st.count_params(vpt_ca)[1] == HAND["vpt"]
+    assert st.count_flops(vpt_ca, (3, 32, 32)) == pytest.approx(hand_macs(0.5, prompts=10), rel=1e-12)
+
+
+def _reduced(method, **rule):
+    """The method under a reduction, its weights those of the method alone (``plain``) where given."""
+    from sparse_tuning.methods import method_config, prepare
+
+    keep_rate = rule.pop("keep_rate", None)
+    return prepare(tiny_vit(), method, method_config(method, keep_rate, **rule))
+
+
+def _trained(model):
+    """Adapters and prompts off their zero or fresh start (as after training), the same draws
+    for the same parameters whatever their names."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        for name, p in sorted(trainable, key=lambda item: _plain_name(item[0])):
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.double()
+
+
+@pytest.mark.parametrize("method", ["adapter", "vpt"])
+@pytest.mark.parametrize("rule", [dict(reduction="class-attention", keep_rate=1.0),
+                                  dict(reduction="random", keep_rate=1.0), dict(reduction="tome", tome_r=(0,))])
+def test_adapter_and_vpt_under_a_rule_that_removes_nothing_equal_the_method_alone(method, rule, images):
+    """The adapters and prompts inside the reducing blocks compute what the method's own blocks
+    do: at keep rate 1 and r 0 the two models are one, weights and outputs."""
+    from sparse_tuning.methods import prepare
+
+    plain = _trained(prepare(tiny_vit(), method))
+    reduced = _trained(_reduced(method, **rule))
+    assert {_plain_name(n): p.shape for n, p in reduced.state_dict().items()} == \
+        {n: p.shape for n, p in plain.state_dict().items()}
+    x = images.double()
+    assert torch.allclose(reduced(x), plain(x), atol=1e-12, rtol=0)
+    assert reduced.sparse_tuning.last_tokens[-1] == (65 + 10 * (method == "vpt"),) * 2
+
+
+@pytest.mark.parametrize("rule", [dict(reduction="class-attention", keep_rate=0.5),
+                                  dict(reduction="random", keep_rate=0.5), dict(reduction="tome", tome_r=(6,))])
+def test_vpt_prompts_are_protected_prefix_tokens_of_every_rule(rule, images):
+    """No rule ranks, keeps, drops or merges a prompt: the budget is the patches', each block
+    holds its own 10 prompts after the class token, and every patch stays in a patch token."""
+    model = _trained(_reduced("vpt", **rule))
+    torch.manual_seed(0)
+    out = model(images.double())
+    state = model.sparse_tuning
+    assert state.num_prefix == 1 + 10
+    counts = [n_out for _, n_out in state.last_tokens]
+    if rule["reduction"] == "tome":
+        assert counts[:3] == [65 + 10 - 6, 65 + 10 - 12, 65 + 10 - 18]
+        sources = st.token_sources(model)[-1]
+        assert sources.min() >= 11 and sources.max() < counts[-1]  # patches in patch tokens only
+    else:
+        assert (counts[3], counts[6], counts[9]) == (11 + 32 + 1, 11 + 17 + 1, 11 + 9 + 1)  # ceil(0.5 M) + fused
+        kept = st.kept_tokens(model)
+        assert kept[0].shape[1] == 32 and ((kept[0] >= 0) & (kept[0] < 64)).all()  # 32 of the 64 patches
+        assert all(((k >= -1) & (k < 64)).all() for k in kept)  # later: patches or the fused token (-1)
+    # every block's own prompts reach the output (they are not dropped with the tokens around them)
+    g = torch.Generator().manual_seed(1)
+    for i in (0, 6, 11):
+        with torch.no_grad():  # not a constant shift, which the next LayerNorm would remove
+            model.blocks.prompts[i] += torch.randn(model.blocks.prompts[i].shape, generator=g, dtype=torch.float64)
+        torch.manual_seed(0)
+        changed = model(images.double())
+        assert not torch.allclose(changed, out)
+        out = changed
+
+
+def test_adapter_and_vpt_under_tome_take_gradient_checkpointing():
+    from test_methods import _one_backward
+
+    for method in ("adapter", "vpt"):
+        expected = _one_backward(_reduced(method, reduction="tome", tome_r=(4,)), False)
+        got = _one_backward(_reduced(method, reduction="tome", tome_r=(4,)), True)
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert torch.allclose(got[name], expected[name], atol=1e-10, rtol=0), name
 
 
 def test_methods_whose_blocks_are_their_own_refuse_a_reduction():
     from sparse_tuning.methods import method_config
 
-    for method in ("adapter", "vpt", "da-only"):
-        with pytest.raises(ValueError, match="does not apply to --method"):
-            method_config(method, reduction="tome")
+    with pytest.raises(ValueError, match="does not apply to --method da-only"):
+        method_config("da-only", reduction="tome")
     with pytest.raises(ValueError, match="--reduction class-attention, tome or random reduces them"):
         method_config("lora", 0.5)
 

@@ -15,8 +15,8 @@ from .train import add_trained_run_options
 def cmd_flops(args: argparse.Namespace) -> int:
     from ..tools.flops import cost_text, model_cost
 
-    fields = {k: v for k, v in (("bottleneck", args.bottleneck), ("sparsify_at", args.sparsify_at),
-                                ("merge", args.merge)) if v is not None}
+    fields = {k: getattr(args, k) for k in ("bottleneck", "sparsify_at", "merge", "reduction", "tome_r",
+                                            "proportional_attention") if getattr(args, k) is not None}
     cost = model_cost(args.model, args.method, args.img_size, args.num_classes, args.keep_rate,
                       frames=args.frames, video_tokens=args.video_tokens, tubelet=args.tubelet, **fields)
     print(json.dumps(cost) if args.json else cost_text(cost))
@@ -79,8 +79,8 @@ def add_flops_command(sub) -> None:
     p.add_argument("--method", choices=method_names() + ("dense",), default="sparse-tuning", metavar="METHOD",
                    help="a method (`sparse-tuning methods` lists them), or dense: the plain model "
                         "(default: %(default)s)")
-    add_model_options(p, ["keep_rate", "bottleneck", "sparsify_at", "merge", "frames", "video_tokens", "tubelet"],
-                      video_tokens="joint", tubelet=2)
+    add_model_options(p, ["keep_rate", "reduction", "tome_r", "proportional_attention", "bottleneck", "sparsify_at",
+                          "merge", "frames", "video_tokens", "tubelet"], video_tokens="joint", tubelet=2)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_flops)
 

@@ -112,6 +112,17 @@ class SparseTuningConfig:
         """The blocks that rank and keep tokens (class-attention, random); none for tome and none."""
         return self.resolve_sparsify_at(depth) if self.reduction in ("class-attention", "random") else ()
 
+    def describe_reduction(self, sparsify_at: tuple[int, ...] | None = None) -> str:
+        """The token reduction in words, for summaries: 'ToMe, r 4 per block', 'class-attention,
+        keep rate 0.7' (with the resolved blocks and merge when ``sparsify_at`` is given)."""
+        if self.reduction == "none" or (self.reduction != "tome" and self.keep_rate == 1.0):
+            return "every token kept"
+        if self.reduction == "tome":
+            r = self.tome_r[0] if len(self.tome_r) == 1 else list(self.tome_r)
+            return f"ToMe, r {r} per block" + ("" if self.proportional_attention else ", no proportional attention")
+        where = "" if sparsify_at is None else f" at blocks {tuple(sparsify_at)}, merge {self.merge}"
+        return f"{self.reduction}, keep rate {self.keep_rate:g}{where}"
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v, tuple) else v)
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}

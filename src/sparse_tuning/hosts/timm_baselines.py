@@ -1,5 +1,9 @@
 """The comparison methods' model changes, each a small patch of timm's ViT.
 
+Under a token reduction the model is Sparse-Tuning-patched first (methods/base.py), and the
+adapters or prompts go into its blocks instead (timm_vit.py): their own blocks would replace
+the ones that reduce.
+
 AdaptFormer needs no code here: it is a Dense Adapter with one input and no sparsification
 (methods/adaptformer.py). LoRA is Hugging Face peft's (methods/lora.py).
 """
@@ -11,7 +15,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .timm_vit import check_supported
+from .timm_vit import SparseTuningBlocks, check_supported, place_prompts
 
 
 class BottleneckAdapter(nn.Module):
@@ -39,12 +43,30 @@ class SequentialAdapterBlock(Block):
         return x + self.drop_path2(h + self.adapter(h))
 
 
-def add_sequential_adapters(model: VisionTransformer, bottleneck: int) -> None:
+def _reduced(model: VisionTransformer) -> bool:
+    """The model runs a token reduction (patched first); otherwise it must be a plain ViT."""
+    if isinstance(model.blocks, SparseTuningBlocks):
+        if model.blocks.prompts is not None or any(blk.ffn_adapter is not None for blk in model.blocks):
+            raise ValueError("this model already has a comparison method's adapters or prompts; apply one method")
+        return True
     check_supported(model)
+    return False
+
+
+def add_sequential_adapters(model: VisionTransformer, bottleneck: int) -> list[nn.Module]:
+    """One adapter per block, returned in block order."""
+    reduced = _reduced(model)
     ref = next(model.parameters())
+    adapters = []
     for blk in model.blocks:
-        blk.__class__ = SequentialAdapterBlock
-        blk.adapter = BottleneckAdapter(model.embed_dim, bottleneck, device=ref.device, dtype=ref.dtype)
+        adapter = BottleneckAdapter(model.embed_dim, bottleneck, device=ref.device, dtype=ref.dtype)
+        if reduced:
+            blk.ffn_adapter = adapter
+        else:
+            blk.__class__ = SequentialAdapterBlock
+            blk.adapter = adapter
+        adapters.append(adapter)
+    return adapters
 
 
 class PromptedBlocks(nn.Sequential):
@@ -62,10 +84,8 @@ class PromptedBlocks(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         P, n = self.num_prefix, self.prompts.shape[1]
-        x = torch.cat([x[:, :P], self.prompts[0].expand(B, -1, -1), x[:, P:]], dim=1)
         for i, blk in enumerate(self):
-            if i:
-                x = torch.cat([x[:, :P], self.prompts[i].expand(B, -1, -1), x[:, P + n:]], dim=1)
+            x = place_prompts(x, self.prompts[i], P, replace=i > 0)
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
             else:
@@ -73,17 +93,22 @@ class PromptedBlocks(nn.Sequential):
         return torch.cat([x[:, :P], x[:, P + n:]], dim=1)
 
 
-def add_deep_prompts(model: VisionTransformer, num_prompts: int) -> None:
-    check_supported(model)
+def add_deep_prompts(model: VisionTransformer, num_prompts: int) -> nn.Parameter:
+    """The (depth, n, C) prompts; under a reduction they join the protected prefix tokens."""
+    reduced = _reduced(model)
     if num_prompts < 1:
         raise ValueError(f"prompts={num_prompts}: expected at least 1 prompt token")
     ref = next(model.parameters())
     blocks = model.blocks
-    blocks.__class__ = PromptedBlocks
-    blocks.num_prefix = model.num_prefix_tokens
-    blocks.grad_checkpointing, model.grad_checkpointing = model.grad_checkpointing, False
+    if reduced:
+        blocks.st.num_prefix += num_prompts
+    else:
+        blocks.__class__ = PromptedBlocks
+        blocks.num_prefix = model.num_prefix_tokens
+        blocks.grad_checkpointing, model.grad_checkpointing = model.grad_checkpointing, False
     # VPT's initialisation: uniform in +-sqrt(6 / (fan_in + fan_out)) of a patch projection.
     patch_dim = model.patch_embed.proj.weight[0].numel()
     bound = (6.0 / (patch_dim + model.embed_dim)) ** 0.5
     blocks.prompts = nn.Parameter(torch.empty(len(blocks), num_prompts, model.embed_dim, device=ref.device,
                                               dtype=ref.dtype).uniform_(-bound, bound))
+    return blocks.prompts

@@ -181,14 +181,12 @@ class TimmHost(Host):
     def add_ffn_adapters(self, model: nn.Module, bottleneck: int) -> list[nn.Module]:
         from .timm_baselines import add_sequential_adapters
 
-        add_sequential_adapters(model, bottleneck)
-        return [blk.adapter for blk in model.blocks]
+        return add_sequential_adapters(model, bottleneck)
 
     def add_deep_prompts(self, model: nn.Module, num_prompts: int) -> nn.Parameter:
         from .timm_baselines import add_deep_prompts
 
-        add_deep_prompts(model, num_prompts)
-        return model.blocks.prompts
+        return add_deep_prompts(model, num_prompts)
 
     def lora_targets(self, model: nn.Module) -> list[str]:
         if not hasattr(model, "sparse_tuning"):  # a reduction patched in first keeps timm's qkv

@@ -4,6 +4,10 @@ As ToMe does, blocks change class (``Block`` -> ``SparseTuningBlock``) and keep 
 submodule and state-dict key; each block gains one new submodule, ``adapter``. The
 ``model.blocks`` container changes class too, so one forward call owns the per-forward state
 (earlier adapter outputs, the sparsification steps taken) instead of hiding it in the modules.
+
+Two comparison methods run inside these blocks when they take a token reduction
+(timm_baselines.py): the sequential adapter as ``ffn_adapter`` on each FFN's output, and
+VPT-deep's prompts as ``model.blocks.prompts``, protected prefix tokens that no rule removes.
 """
 from __future__ import annotations
 
@@ -67,6 +71,7 @@ class SparseTuningBlock(Block):
     st_dense_inputs: tuple[int, ...]   # the distances d (n >= d) whose adapters feed this one
     st: SparseTuningState
     adapter: Optional[DenseAdapter]
+    ffn_adapter: Optional[nn.Module]   # --method adapter under a reduction: on the FFN's output
 
     def forward(self, x: torch.Tensor, history: Optional[tuple[AdapterInput, ...]] = None,
                 size: Optional[torch.Tensor] = None, **kwargs):
@@ -103,7 +108,10 @@ class SparseTuningBlock(Block):
         if step is not None:
             # Earlier adapter outputs follow the tokens: the same kept indices and merge weights.
             history = tuple(follow(a, step, st.num_prefix) for a in history)
-        out = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        ffn = self.ls2(self.mlp(self.norm2(x)))
+        if self.ffn_adapter is not None:  # Houlsby's place: inside the residual branch, after the FFN
+            ffn = ffn + self.ffn_adapter(ffn)
+        out = x + self.drop_path2(ffn)
         if self.adapter is not None:
             inputs = [x] + [history[-d] for d in self.st_dense_inputs]
             if st.factored_history:
@@ -118,20 +126,39 @@ class SparseTuningBlock(Block):
         return out, history, step, size
 
 
+def place_prompts(x: torch.Tensor, prompts: torch.Tensor, num_prefix: int, replace: bool) -> torch.Tensor:
+    """VPT-deep: the prompts (n, C) right after the prefix tokens of x (B, N, C), inserted, or
+    replacing the n tokens there (the previous block's prompt outputs)."""
+    B, N, C = x.shape
+    n = prompts.shape[0]
+    return torch.cat([x[:, :num_prefix], prompts.expand(B, -1, -1), x[:, num_prefix + (n if replace else 0):]], dim=1)
+
+
 class SparseTuningBlocks(nn.Sequential):
-    """``model.blocks``: runs the blocks in order, passing adapter outputs from block to block."""
+    """``model.blocks``: runs the blocks in order, passing adapter outputs from block to block.
+    With VPT's ``prompts`` (depth, n, C), each block's own prompts sit after the model's prefix
+    tokens, counted in ``st.num_prefix`` so that no reduction removes or merges them; they are
+    taken out after the last block, so pooling and head see the usual sequence."""
 
     st: SparseTuningState
+    prompts: Optional[nn.Parameter]    # (depth, n, C): --method vpt under a reduction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
         st = self.st
+        prompts = self.prompts
+        n = 0 if prompts is None else prompts.shape[1]
+        P = st.num_prefix - n  # the model's own prefix tokens
+        if prompts is not None:
+            x = place_prompts(x, prompts[0], P, replace=False)
+        B, N, C = x.shape
         history: tuple[AdapterInput, ...] = ()
         size: Optional[torch.Tensor] = None
         steps: list[Optional[SparsifyStep]] = []
         merges: list[Optional[MergeStep]] = []
         tokens: list[tuple[int, int]] = []
-        for blk in self:
+        for i, blk in enumerate(self):
+            if i and prompts is not None:
+                x = place_prompts(x, prompts[i], P, replace=True)
             n_in = x.shape[1]
             if st.grad_checkpointing and torch.is_grad_enabled():
                 x, history, step, size = torch.utils.checkpoint.checkpoint(blk, x, history, size, use_reentrant=False)
@@ -145,7 +172,7 @@ class SparseTuningBlocks(nn.Sequential):
         st.last_steps, st.last_tokens, st.last_merges = steps, tokens, merges
         st.last_num_patches, st.last_batch_size = N - st.num_prefix, B
         st.last_steps_device = x.device
-        return x
+        return x if prompts is None else torch.cat([x[:, :P], x[:, P + n:]], dim=1)
 
 
 def check_supported(model: nn.Module) -> None:
@@ -190,8 +217,10 @@ def patch_vit(model: VisionTransformer, config: SparseTuningConfig) -> SparseTun
         blk.adapter = DenseAdapter(
             model.embed_dim, config.bottleneck, 1 + len(blk.st_dense_inputs), config.fusion,
             device=ref.device, dtype=ref.dtype) if config.adapters else None
+        blk.ffn_adapter = None
     model.blocks.__class__ = SparseTuningBlocks
     model.blocks.st = state
+    model.blocks.prompts = None
     if model.grad_checkpointing:
         state.grad_checkpointing, model.grad_checkpointing = True, False
     model.__class__ = sparse_tuning_class(type(model))

@@ -104,7 +104,7 @@ def method_config(name: str, keep_rate: Optional[float] = None, **fields) -> Opt
             # A reduction under another method (LoRA with ToMe, EViT's full fine-tuning): the
             # reduction's own fields, no Dense Adapters.
             if method.reduction == "none":
-                raise ValueError(f"--reduction does not apply to --method {name}: its blocks are its own "
+                raise ValueError(f"--reduction does not apply to --method {name} "
                                  "(a reduction works with " + ", ".join(
                                      m.name for m in all_methods() if m.reduction != "none") + ")")
             from ..core.config import SparseTuningConfig
@@ -126,7 +126,7 @@ def prepare(model: "nn.Module", name: str, sparse_tuning: Optional["SparseTuning
         sparse_tuning = method_config(name)
     if sparse_tuning is not None and method.sparse_tuning_config is None:  # a reduction under the method
         if method.reduction == "none":
-            raise ValueError(f"--reduction does not apply to --method {name}: its blocks are its own")
+            raise ValueError(f"--reduction does not apply to --method {name}")
         if method.reduction == "before":
             from ..api import apply
 

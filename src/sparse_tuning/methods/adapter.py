@@ -22,5 +22,6 @@ def _prepare(model, config, options: AdapterOptions) -> None:
     train_only(model, adapters + host.classifier(model))
 
 
+# Under a reduction the host puts the adapters into the reducing blocks (reduction "before").
 register(Method("adapter", "sequential bottleneck adapters after each FFN (Houlsby)", _prepare, order=20,
-                options=AdapterOptions, reduction="none"))  # its blocks replace timm's, as ours would
+                options=AdapterOptions))

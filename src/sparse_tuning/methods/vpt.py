@@ -23,5 +23,7 @@ def _prepare(model, config, options: VptOptions) -> None:
     prompts.requires_grad_(True)
 
 
+# Under a reduction the prompts are protected prefix tokens of the reducing blocks: the rules rank,
+# keep and merge patches only (reduction "before").
 register(Method("vpt", "VPT-deep: learnable prompt tokens before every block", _prepare, order=50,
-                options=VptOptions, reduction="none"))  # prompts would need protecting from the reduction
+                options=VptOptions))

@@ -180,8 +180,11 @@ def cost_text(cost: dict) -> str:
     h, w = cost["img_size"]
     c = cost["config"]
     if c is not None:
-        method = (f"method       {cost['method']}: keep_rate {c['keep_rate']}, sparsify_at {tuple(cost['sparsify_at'])}, "
-                  f"merge {c['merge']}" + (f", bottleneck {c['bottleneck']}" if c["adapters"] else ""))
+        from ..core.config import SparseTuningConfig
+
+        config = SparseTuningConfig.from_dict(c)
+        method = (f"method       {cost['method']}: {config.describe_reduction(cost['sparsify_at'])}"
+                  + (f", bottleneck {c['bottleneck']}" if c["adapters"] else ""))
     else:
         method = f"method       {cost['method']}" + (" (plain model)" if cost["method"] == "dense" else "")
     return "\n".join([f"model        {cost['model']} at {h}x{w}", method, f"GFLOPs       {cost['gflops']:.2f}  ({share})",

@@ -64,12 +64,8 @@ def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None, eval
 
 def reduction_text(config) -> str:
     """', tokens: ...' for a run's summary line: which reduction, at what rate; '' for none."""
-    if config is None or config.reduction == "none" or (config.reduction != "tome" and config.keep_rate == 1.0):
-        return ""
-    if config.reduction == "tome":
-        r = config.tome_r[0] if len(config.tome_r) == 1 else list(config.tome_r)
-        return f", tokens: ToMe, r {r} per block"
-    return f", tokens: {config.reduction}, keep rate {config.keep_rate:g}"
+    text = "every token kept" if config is None else config.describe_reduction()
+    return "" if text == "every token kept" else f", tokens: {text}"
 
 
 RESUME_CHANGES = ("epochs", "lr", "min_lr")  # what --resume may change: train longer, or with another lr
