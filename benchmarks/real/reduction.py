@@ -1,17 +1,21 @@
 """Token reduction as its own axis on the real backbone: the paper's class-attention rule, ToMe
-and a random control, under Dense Adapters, LoRA and AdaptFormer, at matched cost.
+and a random control, under Dense Adapters, LoRA, AdaptFormer, sequential adapters and VPT-deep,
+at matched cost.
 
     python benchmarks/real/reduction.py --weights dinov2_vits14.safetensors \
         --data fashionmnist:/usr/share/datasets/fashion-mnist --runs /tmp/reduction-runs \
         --out benchmarks/real/reduction
 
 The protocol is compare.py's (DINOv2 ViT-S/14 at 112 px, 65 tokens; 1000 training and 2000 test
-images of Fashion-MNIST, class-balanced per seed; 4 epochs; the same learning rates; seeds 0-2).
+images of Fashion-MNIST, class-balanced per seed; 4 epochs; the same learning rates, 1e-3 for
+every adapter, prompt and LoRA method; seeds 0-2).
 Runs whose config equals one of compare.py's (Sparse-Tuning at keep rate 0.7, LoRA and
 AdaptFormer on every token) are taken from its committed results.json, after seed 0 of
 Sparse-Tuning is trained again here and must reproduce its figure.
 
-Phases (each skips work already on disk): train, time (GFLOPs and inference throughput of every
+Phases (each skips work already on disk): train, reproduce (seed 0 of the REPRODUCE configurations
+trained again into a fresh folder, which must give the same top-1: runs kept on disk from an
+earlier version of the code still stand), time (GFLOPs and inference throughput of every
 configuration, interleaved rounds on random inputs), report (results.json, results.md, the plot).
 """
 from __future__ import annotations
@@ -39,8 +43,20 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], str | None]] = {
     "AdaptFormer": ("adaptformer", {}, "adaptformer"),
     "AdaptFormer + class-attention (keep 0.7)": ("adaptformer", {"reduction": "class-attention", "keep_rate": 0.7},
                                                  None),
+    "Adapter": ("adapter", {}, None),
+    "Adapter + class-attention (keep 0.7)": ("adapter", {"reduction": "class-attention", "keep_rate": 0.7}, None),
+    "VPT": ("vpt", {}, None),
+    "VPT + class-attention (keep 0.7)": ("vpt", {"reduction": "class-attention", "keep_rate": 0.7}, None),
 }
-FAMILY = {"sparse-tuning": "Dense Adapters", "lora": "LoRA", "adaptformer": "AdaptFormer"}
+FAMILY = {"sparse-tuning": "Dense Adapters", "lora": "LoRA", "adaptformer": "AdaptFormer",
+          "adapter": "Adapter (Houlsby)", "vpt": "VPT-deep"}
+# Each family's reference: the method on every token (Sparse-Tuning's: the paper's keep 0.7).
+REFERENCE = {"lora": "LoRA", "adaptformer": "AdaptFormer", "adapter": "Adapter", "vpt": "VPT",
+             "sparse-tuning": "Sparse-Tuning (class-attention, keep 0.7)"}
+
+
+# Trained again by the reproduce phase (configurations added later sit beside runs trained earlier).
+REPRODUCE = ("Dense Adapters + ToMe (r 4)",)
 
 
 def slug(name: str) -> str:
@@ -75,6 +91,28 @@ def phase_train(args) -> None:
                                      "the protocol no longer reproduces, so its runs cannot be reused")
 
 
+def phase_reproduce(args) -> None:
+    from sparse_tuning.training.run import train_run
+
+    out = Path(args.runs) / "reproduce.json"
+    if out.is_file():
+        return
+    checks = []
+    for name in REPRODUCE:
+        method, fields, _ = CONFIGS[name]
+        again = Path(args.runs) / "reproduce" / f"{slug(name)}-seed0"
+        if not (again / "results.json").is_file():
+            print(f"[reproduce] {name} seed 0 -> {again}", flush=True)
+            train_run(compare.run_config(args, method, 0, fields), again)
+        got = json.loads((again / "results.json").read_text())["final"]["top1"]
+        want = json.loads((Path(args.runs) / f"{slug(name)}-seed0" / "results.json").read_text())["final"]["top1"]
+        if abs(got - want) > 1e-9:
+            raise SystemExit(f"{name} seed 0: {got} trained again, {want} on disk; the runs on disk no longer "
+                             "reproduce, so train them again (a fresh --runs folder)")
+        checks.append({"configuration": name, "seed": 0, "top1": got})
+    out.write_text(json.dumps(checks, indent=1) + "\n")
+
+
 def build(args, method: str, fields: dict[str, Any]):
     from sparse_tuning.training.run import build_model
 
@@ -99,8 +137,10 @@ def phase_time(args) -> None:
     for name, model in models.items():
         report = flop_report(model, (3, args.img_size, args.img_size))
         every = 1 + (args.img_size // 14) ** 2  # no reduction: every token to the end
-        rows[name] = {"gflops": report.gflops, "tokens_after": model.sparse_tuning.last_tokens[-1][1]
-                      if hasattr(model, "sparse_tuning") and model.sparse_tuning.last_tokens else every}
+        # tokens after the last block, VPT's prompts not counted (they are taken out before the head)
+        st = getattr(model, "sparse_tuning", None)
+        rows[name] = {"gflops": report.gflops, "tokens_after": st.last_tokens[-1][1] - (st.num_prefix - model.num_prefix_tokens)
+                      if st is not None and st.last_tokens else every}
     with torch.no_grad():
         seconds = interleaved_medians({n: (lambda m=m: m(x)) for n, m in models.items()}, rounds=args.rounds, warmup=2)
     for name in rows:
@@ -129,7 +169,7 @@ def phase_report(args, argv: list[str]) -> None:
         configs[name] = {"method": method, "fields": fields, "top1": top1, "top1_mean": mean, "top1_std": std,
                          "runs": source, **timing[name]}
     for name, r in configs.items():  # each family against its own model on every token (or keep 0.7)
-        base = {"lora": "LoRA", "adaptformer": "AdaptFormer"}.get(r["method"], "Sparse-Tuning (class-attention, keep 0.7)")
+        base = REFERENCE[r["method"]]
         if name != base:
             mean, sd, differ = paired_difference(r["top1"], configs[base]["top1"])
             r["vs"] = {"against": base, "mean_difference": mean, "sd": sd,
@@ -139,7 +179,8 @@ def phase_report(args, argv: list[str]) -> None:
             "date": datetime.date.today().isoformat(), "torch": torch.__version__, "timm": timm.__version__,
             "model": compare.MODEL, "img_size": args.img_size, "data": args.data, "train_samples": args.train_samples,
             "eval_samples": args.eval_samples, "epochs": args.epochs, "batch_size": args.batch_size,
-            "seeds": list(args.seeds), "timing": f"{args.rounds} interleaved rounds, medians, batch {args.batch_size}, "
+            "seeds": list(args.seeds),
+            "reproduced": json.loads((Path(args.runs) / "reproduce.json").read_text()), "timing": f"{args.rounds} interleaved rounds, medians, batch {args.batch_size}, "
                                                  "fp32, CPU, inference"}
     results = {"configs": configs, "meta": meta}
     out = Path(args.out)
@@ -158,8 +199,10 @@ def markdown(results: dict[str, Any]) -> str:
              f"{meta['img_size']}x{meta['img_size']} input (65 tokens), {meta['train_samples']} training and "
              f"{meta['eval_samples']} test images drawn per seed, {meta['epochs']} epochs, batch {meta['batch_size']}, "
              f"seeds {meta['seeds']}. Throughput: {meta['timing']}.", "",
-             "The last column: the difference to the family's reference (Sparse-Tuning at keep 0.7; LoRA or "
-             "AdaptFormer on every token), paired by seed, mean ± sd, and a paired t-test at 95% (*tie*: inside "
+             "Trained again into a fresh folder, with the same top-1 as the run used here: " + "; ".join(
+                 f"{c['configuration']} seed {c['seed']} ({c['top1']:.2f})" for c in meta["reproduced"]) + ".", "",
+             "The last column: the difference to the family's reference (Sparse-Tuning at keep 0.7; the other "
+             "methods on every token), paired by seed, mean ± sd, and a paired t-test at 95% (*tie*: inside "
              "the seed noise).", "",
              f"| configuration | top-1 (mean ± sd, {n} seeds) | per seed | GFLOPs | tokens after the last block | "
              "inference img/s | trainable params | runs | vs reference |",
@@ -179,7 +222,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"Dense Adapters": "C0", "LoRA": "C1", "AdaptFormer": "C2"}
+    colors = {"Dense Adapters": "C0", "LoRA": "C1", "AdaptFormer": "C2", "Adapter (Houlsby)": "C3", "VPT-deep": "C4"}
     markers = {"class-attention": "o", "tome": "^", "random": "x", "none": "s"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 6.2), sharey=True)
     curves: dict[tuple[str, str], list[dict[str, Any]]] = {}  # one curve per adapter and rule
@@ -202,10 +245,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 accuracy (%, mean ± sd over seeds)")
     meta = results["meta"]
-    fig.suptitle(f"Token reduction rules under three adapters: DINOv2 ViT-S/14, Fashion-MNIST "
-                 f"({meta['train_samples']} training images, {len(meta['seeds'])} seeds). Colour: adapter; "
+    fig.suptitle(f"Token reduction rules under five methods: DINOv2 ViT-S/14, Fashion-MNIST "
+                 f"({meta['train_samples']} training images, {len(meta['seeds'])} seeds). Colour: method; "
                  "marker: o class-attention, ^ ToMe, x random, s none", fontsize=9)
-    fig.legend(loc="lower center", ncol=4, fontsize=8, title="adapter + token reduction (points: mean ± sd)",
+    fig.legend(loc="lower center", ncol=4, fontsize=8, title="method + token reduction (points: mean ± sd)",
                title_fontsize=8)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
@@ -217,9 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     compare.protocol_arguments(p, out=Path(__file__).resolve().parent / "reduction")
     p.add_argument("--compare", default=str(Path(__file__).resolve().parent), help="compare.py's results folder")
-    p.add_argument("--phases", default="train,time,report")
+    p.add_argument("--phases", default="train,reproduce,time,report")
     args = p.parse_args(argv)
-    return compare.run_phases(args, argv, {"train": lambda a, _: phase_train(a), "time": lambda a, _: phase_time(a),
+    return compare.run_phases(args, argv, {"train": lambda a, _: phase_train(a), "reproduce": lambda a, _: phase_reproduce(a),
+                                           "time": lambda a, _: phase_time(a),
                                            "report": phase_report})
 
 
