@@ -155,6 +155,8 @@ def test_every_method_trains_under_every_rule_and_only_its_parameters_move(metho
         optimizer.zero_grad()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= declared
+    if method not in ("linear", "ts-only"):  # the method's own weights move, not only the head
+        assert any(not n.startswith("head.") for n in changed)
     assert model.sparse_tuning.last_tokens[-1][1] < 65
 
 
@@ -282,11 +284,27 @@ def test_adapter_and_vpt_under_tome_take_gradient_checkpointing():
             assert torch.allclose(got[name], expected[name], atol=1e-10, rtol=0), name
 
 
+def test_vpt_prompts_are_not_lost_to_a_later_apply_or_an_adapter_file(tmp_path):
+    """A VPT model is not Sparse-Tuning's to patch (its prompts would go), and an adapter file,
+    which holds Dense Adapters and the head, refuses a model that trains other weights."""
+    from sparse_tuning.methods import prepare
+
+    with pytest.raises(ValueError, match="PromptedBlocks"):
+        st.apply(prepare(tiny_vit(), "vpt"))
+    for method in ("vpt", "adapter"):
+        with pytest.raises(ValueError, match="also trains blocks"):
+            st.save_adapters(_reduced(method, reduction="tome", tome_r=(2,)), tmp_path / "a.safetensors")
+    assert not (tmp_path / "a.safetensors").exists()
+    assert _reduced("vpt", reduction="tome").sparse_tuning.num_prompts == 10
+
+
 def test_methods_whose_blocks_are_their_own_refuse_a_reduction():
     from sparse_tuning.methods import method_config
 
     with pytest.raises(ValueError, match="does not apply to --method da-only"):
         method_config("da-only", reduction="tome")
+    with pytest.raises(ValueError, match="--method dense is the plain model"):
+        method_config("dense", reduction="tome", tome_r=(8,))
     with pytest.raises(ValueError, match="--reduction class-attention, tome or random reduces them"):
         method_config("lora", 0.5)
 

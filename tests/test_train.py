@@ -119,8 +119,8 @@ def test_keep_rate_warmup_anneals_training_forwards_and_not_evaluation(folder, t
     assert logged == [1.0, 0.95, 0.9, 0.85, 0.8, 0.75]  # log_every=1: the rate of each step
 
 
-def test_keep_rate_warmup_is_refused_for_a_method_that_keeps_every_token(folder):
-    with pytest.raises(ValueError, match="keeps every token"):
+def test_keep_rate_warmup_is_refused_for_a_method_that_does_not_anneal(folder):
+    with pytest.raises(ValueError, match="keep rate of ts-only, sparse-tuning; --method lora does not take it"):
         config(folder, method="lora", keep_rate_warmup=2)
 
 

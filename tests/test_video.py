@@ -145,3 +145,26 @@ def test_video_flops_cli(capsys):
     assert round(out["dense_gflops"], 2) == 79.03 and round(out["gflops"], 2) == 51.19
     assert main(["train", "--model", "st_vit_micro_patch4_32", "--data", "kinetics:/nowhere", "--out", "x"]) == 2
     assert "--frames" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,rule", [("adapter", {}), ("vpt", {}), ("adapter", {"reduction": "tome", "tome_r": (4,)}),
+                                         ("vpt", {"reduction": "class-attention"})])
+def test_comparison_methods_run_on_video_with_or_without_a_reduction(method, rule):
+    """A clip of one repeated image in the frames layout is that image to the method's model;
+    the joint layout trains (a gradient reaches the method's own weights)."""
+    from sparse_tuning.methods import method_config, prepare
+
+    vit = prepare(micro(), method, method_config(method, 0.5 if rule.get("reduction") == "class-attention" else None,
+                                                 **rule))
+    with torch.no_grad():
+        for p in vit.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        frames = VideoViT(vit, frames=4, layout="frames").eval()
+        assert torch.allclose(frames(img.unsqueeze(2).repeat(1, 1, 4, 1, 1)), vit(img), atol=1e-5)
+    joint = VideoViT(vit, frames=4, layout="joint").train()
+    joint(torch.randn(2, 3, 4, 32, 32)).sum().backward()
+    own = [p for n, p in vit.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    assert own and all(p.grad is not None and p.grad.abs().sum() > 0 for p in own)

@@ -139,7 +139,7 @@ def phase_time(args) -> None:
         every = 1 + (args.img_size // 14) ** 2  # no reduction: every token to the end
         # tokens after the last block, VPT's prompts not counted (they are taken out before the head)
         st = getattr(model, "sparse_tuning", None)
-        rows[name] = {"gflops": report.gflops, "tokens_after": st.last_tokens[-1][1] - (st.num_prefix - model.num_prefix_tokens)
+        rows[name] = {"gflops": report.gflops, "tokens_after": st.last_tokens[-1][1] - st.num_prompts
                       if st is not None and st.last_tokens else every}
     with torch.no_grad():
         seconds = interleaved_medians({n: (lambda m=m: m(x)) for n, m in models.items()}, rounds=args.rounds, warmup=2)
@@ -156,6 +156,8 @@ def phase_report(args, argv: list[str]) -> None:
     from sparse_tuning.tools.stats import paired_difference
 
     timing = json.loads((Path(args.runs) / "timing.json").read_text())
+    checks = Path(args.runs) / "reproduce.json"  # absent when the reproduce phase was not run
+    reproduced = json.loads(checks.read_text()) if checks.is_file() else []
     reused = compare_results(args)
     configs: dict[str, Any] = {}
     for name, (method, fields, same_as) in CONFIGS.items():
@@ -180,7 +182,7 @@ def phase_report(args, argv: list[str]) -> None:
             "model": compare.MODEL, "img_size": args.img_size, "data": args.data, "train_samples": args.train_samples,
             "eval_samples": args.eval_samples, "epochs": args.epochs, "batch_size": args.batch_size,
             "seeds": list(args.seeds),
-            "reproduced": json.loads((Path(args.runs) / "reproduce.json").read_text()), "timing": f"{args.rounds} interleaved rounds, medians, batch {args.batch_size}, "
+            "reproduced": reproduced, "timing": f"{args.rounds} interleaved rounds, medians, batch {args.batch_size}, "
                                                  "fp32, CPU, inference"}
     results = {"configs": configs, "meta": meta}
     out = Path(args.out)
@@ -199,8 +201,9 @@ def markdown(results: dict[str, Any]) -> str:
              f"{meta['img_size']}x{meta['img_size']} input (65 tokens), {meta['train_samples']} training and "
              f"{meta['eval_samples']} test images drawn per seed, {meta['epochs']} epochs, batch {meta['batch_size']}, "
              f"seeds {meta['seeds']}. Throughput: {meta['timing']}.", "",
-             "Trained again into a fresh folder, with the same top-1 as the run used here: " + "; ".join(
-                 f"{c['configuration']} seed {c['seed']} ({c['top1']:.2f})" for c in meta["reproduced"]) + ".", "",
+             *(["Trained again into a fresh folder, with the same top-1 as the run used here: " + "; ".join(
+                 f"{c['configuration']} seed {c['seed']} ({c['top1']:.2f})" for c in meta["reproduced"]) + ".", ""]
+               if meta["reproduced"] else []),
              "The last column: the difference to the family's reference (Sparse-Tuning at keep 0.7; the other "
              "methods on every token), paired by seed, mean ± sd, and a paired t-test at 95% (*tie*: inside "
              "the seed noise).", "",

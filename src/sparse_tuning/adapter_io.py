@@ -38,6 +38,11 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> None:
     st = state_of(model)
     host = host_for(model)
     tensors = {host.file_name(name): p.detach().cpu().contiguous() for name, p in trainable_named_parameters(model)}
+    written = {id(p) for _, p in trainable_named_parameters(model)}
+    others = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in written]
+    if others:  # another method's weights (LoRA, prompts, a sequential adapter) would be left out
+        raise ValueError(f"an adapter file holds the Dense Adapters and the head; this model also trains {others[0]} "
+                         f"and {len(others) - 1} more: save the whole model (a run's trainable.safetensors) instead")
     metadata = {
         "format": FORMAT,
         "config": st.config.to_json(),

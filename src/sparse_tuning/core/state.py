@@ -21,7 +21,10 @@ class SparseTuningState:
                  blocks: nn.Sequential, attention: Sequence[nn.Module]) -> None:
         self.config = config
         self.sparsify_at = sparsify_at
+        # Tokens no reduction removes, at the front of the sequence the blocks see: the model's
+        # prefix tokens, then VPT's prompts (num_prompts of them) when --method vpt reduces.
         self.num_prefix = num_prefix
+        self.num_prompts = 0
         self.grad_checkpointing = False
         # Pass earlier adapter outputs on in factored form (FactoredOutput): the same arithmetic
         # with b+1 numbers per token instead of C. False runs the reference formulation, which

@@ -102,6 +102,7 @@ def add_deep_prompts(model: VisionTransformer, num_prompts: int) -> nn.Parameter
     blocks = model.blocks
     if reduced:
         blocks.st.num_prefix += num_prompts
+        blocks.st.num_prompts = num_prompts
     else:
         blocks.__class__ = PromptedBlocks
         blocks.num_prefix = model.num_prefix_tokens

@@ -95,7 +95,7 @@ class VideoViT(nn.Module):
 def check_video_backbone(vit: nn.Module) -> None:
     """A ViT the image path supports (checked before a method is applied), not distilled."""
     if getattr(vit, "sparse_tuning", None) is None:
-        check_supported(vit)
+        check_supported(vit, plain_blocks=False)  # adapter and vpt bring their own blocks
     if getattr(vit, "dist_token", None) is not None:
         raise ValueError("distilled DeiT models are not supported for video (two heads, two prefix tokens)")
 

@@ -109,7 +109,7 @@ class SparseTuningBlock(Block):
             # Earlier adapter outputs follow the tokens: the same kept indices and merge weights.
             history = tuple(follow(a, step, st.num_prefix) for a in history)
         ffn = self.ls2(self.mlp(self.norm2(x)))
-        if self.ffn_adapter is not None:  # Houlsby's place: inside the residual branch, after the FFN
+        if getattr(self, "ffn_adapter", None) is not None:  # getattr: blocks pickled before it existed  # Houlsby's place: inside the residual branch, after the FFN
             ffn = ffn + self.ffn_adapter(ffn)
         out = x + self.drop_path2(ffn)
         if self.adapter is not None:
@@ -145,9 +145,9 @@ class SparseTuningBlocks(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.st
-        prompts = self.prompts
+        prompts = getattr(self, "prompts", None)  # getattr: containers pickled before it existed
         n = 0 if prompts is None else prompts.shape[1]
-        P = st.num_prefix - n  # the model's own prefix tokens
+        P = st.num_prefix - n  # the model's own prefix tokens (st.num_prompts == n)
         if prompts is not None:
             x = place_prompts(x, prompts[0], P, replace=False)
         B, N, C = x.shape
@@ -175,8 +175,9 @@ class SparseTuningBlocks(nn.Sequential):
         return x if prompts is None else torch.cat([x[:, :P], x[:, P + n:]], dim=1)
 
 
-def check_supported(model: nn.Module) -> None:
-    """Raise ValueError naming why a model cannot take Sparse-Tuning."""
+def check_supported(model: nn.Module, plain_blocks: bool = True) -> None:
+    """Raise ValueError naming why a model cannot take Sparse-Tuning. plain_blocks=False: the
+    blocks may be a comparison method's (the video wrapper only calls them in order)."""
     if isinstance(getattr(model, "sparse_tuning", None), SparseTuningState):
         raise ValueError("Sparse-Tuning is already applied to this model; apply it once, to a fresh model")
     if not isinstance(model, VisionTransformer):
@@ -191,6 +192,11 @@ def check_supported(model: nn.Module) -> None:
                          "needs the class-token head ('token') or average pooling")
     if not isinstance(model.patch_drop, nn.Identity):
         raise ValueError("patch dropout (patch_drop_rate > 0) is not supported with token sparsification")
+    if not plain_blocks:
+        return
+    if type(model.blocks) is not nn.Sequential:
+        raise ValueError(f"model.blocks is {type(model.blocks).__name__} (another method's change); apply "
+                         "Sparse-Tuning to a plain ViT, or give that method a --reduction")
     for i, blk in enumerate(model.blocks):
         if type(blk) is not Block or type(blk.attn) is not Attention:
             raise ValueError(

@@ -98,6 +98,8 @@ def method_config(name: str, keep_rate: Optional[float] = None, **fields) -> Opt
     plain model, for FLOP counts)."""
     method = None if name == "dense" else get_method(name)
     _check_rule_options(keep_rate, fields)
+    if method is None and (keep_rate is not None or fields.get("reduction", "none") != "none"):
+        raise ValueError("--method dense is the plain model: --keep-rate and --reduction do not apply to it")
     if method is None or method.sparse_tuning_config is None:
         reduction = fields.get("reduction")
         if method is not None and reduction not in (None, "none"):

@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional
 from ..core.config import SparseTuningConfig
 from ..data.options import AUGMENTS, VIDEO_KINDS, VideoConfig, absolute_spec
 from .validate import check_values
-from ..methods import get_method, method_config, method_names, option_owners, validate_options
+from ..methods import all_methods, get_method, method_config, method_names, option_owners, validate_options
 
 AMPS = ("bf16", "fp16", "off")
 
@@ -246,7 +246,8 @@ def check_run_config(cfg: RunConfig) -> None:
         raise ValueError("video data (kinetics:, ssv2:, frames:, videolist:) needs --frames N, and --frames "
                          "needs video data")
     if cfg.train.keep_rate_warmup and not get_method(cfg.method).reduces_tokens:
-        raise ValueError(f"keep_rate_warmup anneals the keep rate; --method {cfg.method} keeps every token")
+        raise ValueError(f"keep_rate_warmup anneals the keep rate of {', '.join(m.name for m in all_methods() if m.reduces_tokens)}; "
+                         f"--method {cfg.method} does not take it")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
