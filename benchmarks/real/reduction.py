@@ -21,9 +21,7 @@ configuration, interleaved rounds on random inputs), report (results.json, resul
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -150,11 +148,6 @@ def phase_time(args) -> None:
 
 
 def phase_report(args, argv: list[str]) -> None:
-    import timm
-    import torch
-
-    from sparse_tuning.tools.stats import paired_difference
-
     timing = json.loads((Path(args.runs) / "timing.json").read_text())
     checks = Path(args.runs) / "reproduce.json"  # absent when the reproduce phase was not run
     reproduced = json.loads(checks.read_text()) if checks.is_file() else []
@@ -173,24 +166,12 @@ def phase_report(args, argv: list[str]) -> None:
     for name, r in configs.items():  # each family against its own model on every token (or keep 0.7)
         base = REFERENCE[r["method"]]
         if name != base:
-            mean, sd, differ = paired_difference(r["top1"], configs[base]["top1"])
-            r["vs"] = {"against": base, "mean_difference": mean, "sd": sd,
-                       "verdict": ("higher" if mean > 0 else "lower") if differ else "tie"}
-    meta = {"command": "python benchmarks/real/reduction.py " + " ".join(argv),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
-            "date": datetime.date.today().isoformat(), "torch": torch.__version__, "timm": timm.__version__,
-            "model": compare.MODEL, "img_size": args.img_size, "data": args.data, "train_samples": args.train_samples,
-            "eval_samples": args.eval_samples, "epochs": args.epochs, "batch_size": args.batch_size,
-            "seeds": list(args.seeds),
-            "reproduced": reproduced, "timing": f"{args.rounds} interleaved rounds, medians, batch {args.batch_size}, "
-                                                 "fp32, CPU, inference"}
+            r["vs"] = {"against": base, **compare.paired_verdict(r["top1"], configs[base]["top1"])}
+    meta = compare.protocol_meta(args, "reduction.py", argv, reproduced=reproduced,
+                                 timing=f"{args.rounds} interleaved rounds, medians, batch {args.batch_size}, "
+                                        "fp32, CPU, inference")
     results = {"configs": configs, "meta": meta}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    plot(results, out / "reduction.png")
-    print(markdown(results))
+    compare.write_results(args.out, results, markdown(results), {"reduction.png": plot})
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -37,8 +37,9 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> None:
     """Save the trainable weights (adapters + head) and the config to a safetensors file."""
     st = state_of(model)
     host = host_for(model)
-    tensors = {host.file_name(name): p.detach().cpu().contiguous() for name, p in trainable_named_parameters(model)}
-    written = {id(p) for _, p in trainable_named_parameters(model)}
+    named = list(trainable_named_parameters(model))
+    tensors = {host.file_name(name): p.detach().cpu().contiguous() for name, p in named}
+    written = {id(p) for _, p in named}
     others = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in written]
     if others:  # another method's weights (LoRA, prompts, a sequential adapter) would be left out
         raise ValueError(f"an adapter file holds the Dense Adapters and the head; this model also trains {others[0]} "

@@ -112,10 +112,16 @@ class SparseTuningConfig:
         """The blocks that rank and keep tokens (class-attention, random); none for tome and none."""
         return self.resolve_sparsify_at(depth) if self.reduction in ("class-attention", "random") else ()
 
+    @property
+    def keeps_every_token(self) -> bool:
+        """No rule, or a ranking rule at keep rate 1 (ToMe counts as a reduction whatever its r, a
+        runtime knob)."""
+        return self.reduction == "none" or (self.reduction != "tome" and self.keep_rate == 1.0)
+
     def describe_reduction(self, sparsify_at: tuple[int, ...] | None = None) -> str:
         """The token reduction in words, for summaries: 'ToMe, r 4 per block', 'class-attention,
         keep rate 0.7' (with the resolved blocks and merge when ``sparsify_at`` is given)."""
-        if self.reduction == "none" or (self.reduction != "tome" and self.keep_rate == 1.0):
+        if self.keeps_every_token:
             return "every token kept"
         if self.reduction == "tome":
             r = self.tome_r[0] if len(self.tome_r) == 1 else list(self.tome_r)

@@ -64,8 +64,7 @@ def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None, eval
 
 def reduction_text(config) -> str:
     """', tokens: ...' for a run's summary line: which reduction, at what rate; '' for none."""
-    text = "every token kept" if config is None else config.describe_reduction()
-    return "" if text == "every token kept" else f", tokens: {text}"
+    return "" if config is None or config.keeps_every_token else f", tokens: {config.describe_reduction()}"
 
 
 RESUME_CHANGES = ("epochs", "lr", "min_lr")  # what --resume may change: train longer, or with another lr
