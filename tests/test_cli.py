@@ -71,3 +71,25 @@ def test_python_dash_m_works_like_the_script():
     proc = subprocess.run([sys.executable, "-m", "sparse_tuning", "flops", "--model", "nope"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,line", [
+    (["train", "--method", "sparse-tunning"],
+     "sparse-tuning train: error: --method: invalid choice 'sparse-tunning'; did you mean sparse-tuning?"),
+    (["train", "--epochs", "1.5"], "sparse-tuning train: error: argument --epochs: invalid int value: '1.5'"),
+    (["train", "--keep-rte", "0.5"], "sparse-tuning train: error: unknown option --keep-rte; did you mean --keep-rate?"),
+    (["train", "--keep-rate=0.5", "--reductoin=tome"],
+     "sparse-tuning train: error: unknown option --reductoin; did you mean --reduction?"),
+    (["trian"], "sparse-tuning: error: command: invalid choice 'trian'; did you mean train?"),
+    (["eval", "--run", "x", "--keep-rte", "0.5"], "sparse-tuning eval: error: unknown option --keep-rte; did you mean --keep-rate?"),
+    (["flops", "--reduction", "tom"], "sparse-tuning flops: error: --reduction: invalid choice 'tom'; did you mean tome?"),
+    (["train", "--zzz"], "sparse-tuning train: error: unknown option --zzz"),
+])
+def test_argument_errors_are_one_line_naming_the_closest_choice(capsys, args, line):
+    """No usage block before the error (only --help prints it), and a typo's closest valid name."""
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(line), err
+    assert "usage:" not in err

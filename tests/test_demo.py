@@ -8,11 +8,19 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sparse_tuning.cli import main
-from sparse_tuning.tools.demo import CACHE_VERSION, METHODS, QUICK, pretrained_backbone
+from sparse_tuning.tools.demo import CACHE_VERSION, CHANCE, METHODS, QUICK, SMOKE, pretrained_backbone
 
 
 def test_quick_demo(tmp_path, monkeypatch, capsys):
+    from sparse_tuning.tools import demo
+
     monkeypatch.setenv("SPARSE_TUNING_CACHE", str(tmp_path / "cache"))
+    titles = {}
+    for name in ("keep_rate_plot", "kept_tokens_figure"):  # the pictures' titles, as drawn
+        real = getattr(demo, name)
+        monkeypatch.setattr(demo, name, lambda *a, _real=real, _name=name, **kw: (
+            titles.__setitem__(_name, (a[2] if len(a) > 2 and isinstance(a[2], str) else kw.get("title"), kw)),
+            _real(*a, **kw))[1])
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert "pre-training the backbone" in capsys.readouterr().out
@@ -31,13 +39,22 @@ def test_quick_demo(tmp_path, monkeypatch, capsys):
     assert len(recall["model"]) == len(recall["random"]) == 3
     assert all(0 <= v <= 1 for v in recall["model"] + recall["random"])
     assert recall["random"] == sorted(recall["random"], reverse=True)
-    assert re.search(r"\| 1 \| 0\.\d{3} \| 0\.7\d\d \|", report)
+    assert re.search(r"\| 1 \(block 3\) \| 0\.\d{3} \| 0\.7\d\d \|", report)
     sweep = {r["keep_rate"]: r for r in data["sweep"]}
     assert sweep[0.3]["gflops"] < sweep[0.7]["gflops"] < sweep[1.0]["gflops"]
     with Image.open(out / "kept_tokens.png") as img:  # 6 rows (images), 4 columns (image + 3 steps)
         assert img.height > img.width > 300
     with Image.open(out / "keep_rate.png") as img:
         assert img.size == (720, 480)
+    # A smoke test says so, in the report and in both pictures' titles, and times nothing; every
+    # accuracy stands next to chance (5 classes), in the table and as a line in the keep-rate plot.
+    assert "**This is a smoke test.**" in report
+    assert all(SMOKE in title for title, _ in titles.values()), titles
+    assert titles["keep_rate_plot"][1]["chance"] == CHANCE
+    assert all("infer_images_per_s" not in r and "train_memory_mb" not in r for r in data["rows"])
+    assert "Memory:" not in report and "inference (img/s)" not in report
+    assert data["chance"] == 20.0 and all(f"| {CHANCE:.1f} |" in line for line in report.splitlines()
+                                          if line.startswith(tuple(f"| {m} |" for m in METHODS)))
     # Every accuracy with its interval, every comparison with Sparse-Tuning called, no top-5 (5 classes).
     rows = {r["method"]: r for r in data["rows"]}
     for r in rows.values():

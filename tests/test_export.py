@@ -1,4 +1,6 @@
 """Deployment formats round-trip: the exported model computes what the PyTorch model computes."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -46,7 +48,11 @@ def test_onnx_matches_pytorch_with_a_dynamic_batch(run, tmp_path):
 def test_torch_formats_match(run, tmp_path, fmt, load):
     run_dir, _ = run
     path = tmp_path / f"m.{fmt}"
-    assert main(["export", "--run", str(run_dir), "--format", fmt, "--out", str(path)]) == 0
+    with warnings.catch_warnings(record=True) as caught:  # PyTorch's TorchScript deprecation: not the user's
+        warnings.simplefilter("always")
+        assert main(["export", "--run", str(run_dir), "--format", fmt, "--out", str(path)]) == 0
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], \
+        [str(w.message) for w in caught]
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(load(str(path))(x), reference(run_dir, x), atol=1e-5)
@@ -93,8 +99,18 @@ def test_step_titles_count_tokens_as_by_hand():
     model = st.apply(tiny_vit())
     model(torch.randn(1, 3, 32, 32))
     # 64 patches; ceil(0.7 * 64) = 45 kept + 1 fused; ceil(0.7 * 46) = 33 + 1; ceil(0.7 * 34) = 24 + 1
-    assert step_titles(model) == ["block 4:\n64 -> 45+1 tokens", "block 7:\n46 -> 33+1 tokens",
-                                  "block 10:\n34 -> 24+1 tokens"]
+    # blocks counted from 0, as the config's sparsify_at (3, 6, 9)
+    assert model.sparse_tuning.sparsify_at == (3, 6, 9)
+    assert step_titles(model) == ["block 3:\n64 -> 45+1 tokens", "block 6:\n46 -> 33+1 tokens",
+                                  "block 9:\n34 -> 24+1 tokens"]
+
+
+def test_images_of_the_same_name_in_two_folders_get_distinct_labels(tmp_path):
+    from sparse_tuning.tools.visualize import distinct_labels
+
+    assert distinct_labels([tmp_path / "a" / "0.png", tmp_path / "b" / "1.png"]) == ["0.png", "1.png"]
+    assert distinct_labels([tmp_path / "cats" / "0.png", tmp_path / "dogs" / "0.png", tmp_path / "dogs" / "x" / "0.png"]) \
+        == ["cats/0.png", "dogs/0.png", "dogs/x/0.png"]
 
 
 def test_visualize_a_pretrained_backbone_without_a_run(tmp_path, capsys):

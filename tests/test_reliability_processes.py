@@ -230,3 +230,20 @@ def test_sigkill_during_an_evaluation_and_before_the_first_checkpoint_then_resum
     done = subprocess.run(cli("train", "--resume", run), env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "results.json").read_text())["final"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_bad_image_with_strict_data_and_loader_workers_exits_at_once(tmp_path, split):
+    """A truncated image under --strict-data with 2 loader workers: one line, exit 2, and the
+    process ends (it used to wait forever at exit on workers that ignore SIGTERM); the folder
+    it made is gone, since no checkpoint exists to resume. The val case fails in evaluation."""
+    data = make_folder(tmp_path / "ds", classes=3, train=8, val=4)
+    bad = data / split / "class_0" / "0.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    out = tmp_path / "run"
+    done = subprocess.run(cli("train", *MODEL, "--data", f"folder:{data}", "--strict-data", "--num-workers", "2",
+                              "--epochs", "1", "--batch-size", "8", "--out", out),
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"sparse-tuning train: error: cannot read {bad}: image file is truncated"]
+    assert not out.exists()

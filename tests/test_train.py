@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 import sparse_tuning as st
 from sparse_tuning.training.config import resolve_config
-from sparse_tuning.training.run import load_run, train_run
+from sparse_tuning.training.run import load_run, resume_config, train_run
 from sparse_tuning.methods.sparse_tuning import keep_rate_at
 from sparse_tuning.training.config import TrainConfig
 from sparse_tuning.training.loop import TrainingError, lr_at, param_groups
@@ -153,6 +153,16 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(folder,
     assert latest["step"] == 3  # the epoch-end checkpoint before the bad step
 
 
+def test_nan_loss_before_any_checkpoint_says_what_a_resume_does(folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", lambda self, logits, target: logits.sum() * float("nan"))
+    with pytest.raises(TrainingError) as stop:
+        train_run(config(folder, epochs=2), tmp_path / "run")
+    message = str(stop.value)
+    assert "loss became nan at step 1" in message and "none" not in message
+    assert f"no checkpoint was written yet, so a resume starts from the first step; continue with --resume " \
+           f"{tmp_path / 'run'} and a lower --lr" in message
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(folder, tmp_path):
     cfg = config(folder, epochs=1, st_fields={"bottleneck": 4})
     train_run(cfg, tmp_path / "run")
@@ -166,7 +176,7 @@ def test_resume_ignores_a_half_written_checkpoint(folder, tmp_path):
     broken = tmp_path / "run" / "checkpoints" / "step-9999999"
     broken.mkdir()
     (broken / "trainable.safetensors").write_bytes(b"partial")
-    results = train_run(config(folder, epochs=2), tmp_path / "run", resume=True)
+    results = train_run(resume_config(tmp_path / "run", epochs=2), tmp_path / "run", resume=True)
     assert results["final"]["epoch"] == 1
 
 

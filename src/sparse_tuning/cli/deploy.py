@@ -27,7 +27,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("export", help="write a trained run for deployment")
     p.add_argument("--run", required=True, help="a trained run folder")
     p.add_argument("--format", choices=FORMATS, required=True,
-                   help="onnx, torchscript (traced), export (torch.export .pt2), safetensors (for load_model)")
+                   help="onnx (needs the export extra), torchscript (traced; PyTorch deprecates TorchScript), "
+                        "export (torch.export .pt2), safetensors (for load_model)")
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--keep-rate", type=float, default=None, help="bake in another keep rate (default: the run's)")
     p.set_defaults(func=cmd_export)

@@ -11,6 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from . import deploy, measure, train
+from .parser import CommandLineParser
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -33,7 +34,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="sparse-tuning",
         description="Sparse-Tuning for Vision Transformers: token sparsification + Dense Adapters.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -12,14 +12,16 @@ Unreadable images are skipped and counted (``strict=False``) or fail with their 
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..extras import missing_module, require_extra
 from .options import AUGMENTS, IMAGE_KINDS as KINDS
 
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -57,10 +59,24 @@ def parse_data_spec(spec: str) -> DataSpec:
 
 
 def augment_mode(spec: DataSpec, augment: str = "auto") -> str:
-    """The transform family: 'vtab' (resize only) or 'full' (random-resized crop and flip)."""
+    """The transform family of a recorded augment: 'vtab' (resize only), 'full' (random-resized
+    crop and flip) or 'crop' (no flip). A run records its chosen augment; only runs written before
+    the choice was recorded hold 'auto', which then meant none for vtab: and crop-flip otherwise."""
     if augment not in AUGMENTS:
         raise DataError(f"augment={augment!r}: expected one of {', '.join(AUGMENTS)}")
-    return spec.augment if augment == "auto" else ("vtab" if augment == "none" else "full")
+    if augment == "auto":
+        return spec.augment
+    return {"none": "vtab", "crop-flip": "full", "crop": "crop"}[augment]
+
+
+class ChosenLater:
+    """A transform decided after the datasets are built (--augment auto looks at their size)."""
+
+    def __init__(self) -> None:
+        self.transform: Optional[Callable] = None
+
+    def __call__(self, image):
+        return self.transform(image)
 
 
 @dataclass
@@ -70,6 +86,8 @@ class ImageData:
     num_classes: int
     classes: list[str]
     eval_split: str          # which split evaluation reads ("val", "test")
+    augment: str = "auto"    # the training augmentation used: none, crop-flip or crop
+    augment_reason: str = ""  # why: "auto: ..." when chosen here, else "" (given)
 
 
 def rgb_loader(path: str | Path) -> Image.Image:
@@ -187,6 +205,25 @@ def quiet_worker(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+@contextmanager
+def worker_batches(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    """Iterate a DataLoader whose worker processes are shut down however the iteration ends.
+
+    The workers ignore SIGTERM (``quiet_worker``), so the terminate-then-join that multiprocessing
+    runs at exit cannot end them: an error raised while the iterator is still referenced (by the
+    error's own traceback) would leave the process waiting for them forever. Shutting them down
+    here does not depend on when the iterator is collected. ``_shutdown_workers`` is torch's own
+    clean-up (what the iterator's ``__del__`` calls); a single-process iterator has none.
+    """
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def collate_skipping(batch: list[Any]):
     """Default collation of the readable samples; returns (images, labels, number skipped)."""
     good = [b for b in batch if b is not None]
@@ -204,6 +241,7 @@ def make_transforms(model: torch.nn.Module, augment: str) -> tuple[Callable, Cal
 
     'vtab': direct resize to the input size, no augmentation, for both (the VTAB-1K protocol).
     'full': random-resized crop and flip for training, resize + centre crop for evaluation.
+    'crop': 'full' without the flip (digits, letters).
     """
     from timm.data import create_transform  # the field's transforms, for any host's preprocessing
 
@@ -214,7 +252,7 @@ def make_transforms(model: torch.nn.Module, augment: str) -> tuple[Callable, Cal
     if augment == "vtab":
         t = create_transform(**common, is_training=False, crop_pct=1.0, crop_mode="squash")
         return t, t
-    train = create_transform(**common, is_training=True, hflip=0.5, color_jitter=None)
+    train = create_transform(**common, is_training=True, hflip=0.0 if augment == "crop" else 0.5, color_jitter=None)
     evaluation = create_transform(**common, is_training=False, crop_pct=cfg["crop_pct"],
                                   crop_mode=cfg["crop_mode"])
     return train, evaluation
@@ -226,6 +264,8 @@ def _torchvision(spec: DataSpec, train_tf, eval_tf, download: bool) -> ImageData
     import torchvision.datasets as tvd
 
     root = str(spec.path)
+    if spec.kind == "svhn":
+        require_extra("data", "svhn: (torchvision reads its .mat files with scipy)")
     try:
         if spec.kind == "cifar100":
             train = tvd.CIFAR100(root, train=True, transform=train_tf, download=download)
@@ -242,8 +282,6 @@ def _torchvision(spec: DataSpec, train_tf, eval_tf, download: bool) -> ImageData
     except RuntimeError as e:
         hint = "" if download else " (add --download to fetch it where a network exists)"
         raise DataError(f"{spec.kind} under {root}: {e}{hint}") from None
-    except ImportError as e:
-        raise DataError(f"{spec.kind} needs an extra package: {e} (pip install scipy)") from None
     return ImageData(train, ev, len(classes), classes, "test")
 
 
@@ -258,23 +296,30 @@ def _torchvision_kinds(spec: DataSpec, train_tf, eval_tf, download: bool) -> Ima
             (train, ev, classes), split = tvdata.mnist_like(spec.kind, spec.path, train_tf, eval_tf, download), "test"
     except RuntimeError as e:
         raise DataError(f"{spec.raw}: {e}{hint}") from None
-    except (ImportError, TypeError) as e:
+    except ImportError as e:
+        raise missing_module(e, spec.raw) from None
+    except TypeError as e:
         raise DataError(f"{spec.raw}: {e}") from None
     return ImageData(train, ev, len(classes), classes, split)
 
 
 def load_image_data(spec: str | DataSpec, model: torch.nn.Module, download: bool = False,
                     strict: bool = False, augment: str = "auto", train_samples: int = 0,
-                    eval_samples: int = 0, seed: int = 0, eval_only: bool = False) -> ImageData:
+                    eval_samples: int = 0, seed: int = 0, eval_only: bool = False,
+                    epochs: Optional[int] = None) -> ImageData:
     """Train and evaluation datasets for a spec, with the model's transforms, unreadable-image safe.
 
     train_samples / eval_samples > 0 take a class-balanced subset of that many images, drawn
-    with `seed` (the same for every method at a given seed).
+    with `seed` (the same for every method at a given seed). augment 'auto' with ``epochs`` (a
+    new run) is chosen from the training set's size and the run's length
+    (``options.choose_augment``); without ``epochs`` it is a recorded run's old 'auto'.
     """
     from .folders import folder_data, vtab_data  # they build on this module's datasets
+    from .options import choose_augment
 
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
-    train_tf, eval_tf = make_transforms(model, augment_mode(spec, augment))
+    choose = augment == "auto" and epochs is not None
+    train_tf, eval_tf = (ChosenLater(), ChosenLater()) if choose else make_transforms(model, augment_mode(spec, augment))
     if spec.kind == "folder":
         data = folder_data(spec, train_tf, eval_tf, eval_only)
     elif spec.kind == "vtab":
@@ -292,5 +337,9 @@ def load_image_data(spec: str | DataSpec, model: torch.nn.Module, download: bool
                 # A separate stream per split, so the eval subset does not move with train_samples.
                 indices = balanced_subset(labels_of(base), n, seed * 2 + stream)
                 setattr(data, split, torch.utils.data.Subset(base, indices))
+    data.augment = {"vtab": "none", "full": "crop-flip", "crop": "crop"}[augment_mode(spec, augment)] if not choose else ""
+    if choose:
+        data.augment, data.augment_reason = choose_augment(spec.kind, spec.name, len(data.train), epochs)
+        train_tf.transform, eval_tf.transform = make_transforms(model, augment_mode(spec, data.augment))
     data.train, data.eval = SafeDataset(data.train, strict), SafeDataset(data.eval, strict)
     return data

@@ -52,6 +52,9 @@ class Method:
     reduces_tokens: bool = False            # it sparsifies tokens while training (--keep-rate-warmup applies)
     saves_adapters: bool = False            # the run also writes the portable adapters.safetensors
     trains_backbone: bool = False           # every backbone weight moves (recipes give it a lower lr)
+    # The default peak learning rate (--lr), from benchmarks/real's pilot (DINOv2 ViT-S, AdamW, batch
+    # 32-64): what trains decides it, a head alone takes 1e-2, every weight 3e-5, adapters 1e-3.
+    lr: float = 1e-3
     without_adapters: Optional[str] = None  # the method that --no-adapters makes of this one
     for_inference: Optional[Callable[["nn.Module"], "nn.Module"]] = None  # before export (merge LoRA)
     train_hook: Optional[Callable[..., TrainHook]] = None  # train_hook(model, train_config, steps_per_epoch)

@@ -10,4 +10,4 @@ def _prepare(model, config, options) -> None:
     train_only(model, host_for(model).classifier(model))
 
 
-register(Method("linear", "linear probe: only the classifier trains", _prepare, order=10))
+register(Method("linear", "linear probe: only the classifier trains", _prepare, order=10, lr=1e-2))

@@ -68,7 +68,7 @@ def keep_rate_warmup(model: "nn.Module", train_config: Any, steps_per_epoch: int
 
 COMMON = dict(prepare=_prepare, train_hook=keep_rate_warmup, saves_adapters=True)
 register(Method("ts-only", "token sparsification alone: the frozen ViT keeps the most-attended tokens; "
-                "only the head trains", order=70, reduces_tokens=True,
+                "only the head trains", order=70, reduces_tokens=True, lr=1e-2,
                 sparse_tuning_config=partial(_config, adapters=False), **COMMON))
 register(Method("da-only", "Dense Adapters alone: every token kept", order=80, reduction="none",
                 sparse_tuning_config=partial(_config, adapters=True, every_token="da-only"), **COMMON))

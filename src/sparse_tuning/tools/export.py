@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from ..api import set_keep_rate
+from ..extras import require_extra
 from ..files import atomic_files, atomic_path, atomic_write_bytes
 from ..hosts import build_architecture, host_for, logits_of
 from ..methods import get_method, prepare
@@ -36,10 +37,17 @@ def for_inference(model: nn.Module, method: str) -> nn.Module:
     return hook(model) if hook is not None else model
 
 
-def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | Path) -> Path:
-    """Write `model` (eval mode, on CPU) in `fmt`; returns the path."""
+def check_format(fmt: str) -> None:
+    """An export format this installation can write (ONNX needs the export extra)."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        require_extra("export", "--format onnx")
+
+
+def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | Path) -> Path:
+    """Write `model` (eval mode, on CPU) in `fmt`; returns the path."""
+    check_format(fmt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = for_inference(model, run_config.method)
@@ -65,8 +73,10 @@ def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | P
     else:
         # Token counts are Python ints of the input size; the tracer warns that they become
         # constants, which is right: the graph is for this input size, any batch.
+        # PyTorch deprecates TorchScript (its FutureWarning, twice per trace); the format's help says so once.
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", r".*torch\.jit\.trace.* is deprecated", FutureWarning)
             traced = torch.jit.trace(graph, x, check_trace=False)
         with atomic_path(out) as tmp:
             traced.save(str(tmp))
@@ -85,6 +95,7 @@ class _Logits(nn.Module):
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, keep_rate: Optional[float] = None) -> Path:
     from ..training.run import load_run  # the training code only to rebuild a run, not for load_model
 
+    check_format(fmt)  # before the run is loaded
     model, cfg = load_run(run_dir, keep_rate)
     if keep_rate is not None:
         cfg = dataclasses.replace(cfg, sparse_tuning=dataclasses.replace(cfg.sparse_tuning, keep_rate=keep_rate))

@@ -1,6 +1,7 @@
 """Which tokens survived: pictures with the dropped patches greyed out, and foreground recall."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -47,10 +48,11 @@ def random_recall(keep_counts: Sequence[tuple[int, int]]) -> list[float]:
 
 
 def keep_rate_plot(rows: Sequence[dict], path: str | Path, title: str, flops_scale: float = 1.0,
-                   flops_unit: str = "GFLOPs") -> None:
+                   flops_unit: str = "GFLOPs", chance: Optional[float] = None) -> None:
     """Top-1 (with its 95% interval, rows' "top1_ci95") and cost per image across keep rates.
 
-    rows: {"keep_rate", "top1", "top1_ci95", "gflops"} each; cost drawn as gflops * flops_scale.
+    rows: {"keep_rate", "top1", "top1_ci95", "gflops"} each; cost drawn as gflops * flops_scale;
+    chance: the top-1 of guessing (percent), drawn as a line.
     """
     import matplotlib
 
@@ -64,12 +66,15 @@ def keep_rate_plot(rows: Sequence[dict], path: str | Path, title: str, flops_sca
     ax.set_xlabel("keep rate at inference")
     ax.set_ylabel("top-1 accuracy (%)", color="tab:red")
     ax.set_ylim(0, 100)
+    handles = [acc]
+    if chance is not None:
+        handles.append(ax.axhline(chance, color="0.4", linestyle=":", label=f"chance ({chance:.1f}%)"))
     ax2 = ax.twinx()
     (cost,) = ax2.plot(rates, [flops_scale * r["gflops"] for r in rows], "s--", color="tab:blue",
                        label=f"{flops_unit} per image")
     ax2.set_ylabel(f"{flops_unit} per image", color="tab:blue")
     ax2.set_ylim(0, None)
-    ax.legend(handles=[acc, cost], loc="lower right", fontsize=8)
+    ax.legend(handles=handles + [cost], loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -91,15 +96,25 @@ def grey_out(image: np.ndarray, keep: np.ndarray, patch: int) -> np.ndarray:
     return out.clip(0, 255).astype(np.uint8)
 
 
+def distinct_labels(paths: Sequence[str | Path]) -> list[str]:
+    """Each image's file name, or, where two share a name, its path below the folder they share."""
+    paths = [Path(p).resolve() for p in paths]
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    common = Path(os.path.commonpath([p.parent for p in paths]))
+    return [str(p.relative_to(common)) for p in paths]
+
+
 def step_titles(model: torch.nn.Module) -> list[str]:
-    """After a forward: 'block 4:\n64 -> 45+1 tokens' per sparsification step (1-based block numbers,
-    patch tokens in -> kept + fused token out)."""
+    """After a forward: 'block 3:\n64 -> 45+1 tokens' per sparsification step (blocks counted from 0,
+    as --sparsify-at and model.blocks[i] count them; patch tokens in -> kept + fused token out)."""
     st = model.sparse_tuning
     titles = []
     for i in st.sparsify_at:
         n_in, n_out = (n - st.num_prefix for n in st.last_tokens[i])
         fused = st.config.merge != "drop"
-        titles.append(f"block {i + 1}:\n{n_in} -> {n_out - fused}" + ("+1" if fused else "") + " tokens")
+        titles.append(f"block {i}:\n{n_in} -> {n_out - fused}" + ("+1" if fused else "") + " tokens")
     return titles
 
 
@@ -137,7 +152,8 @@ def kept_tokens_figure(images: np.ndarray, masks: np.ndarray, patch: int, path: 
                                                                        "fused token)"),
                         Patch(facecolor="white", edgecolor="0.5", label="clear: patch kept as its own token")],
                loc="lower center", ncol=2, fontsize=7, frameon=False)
-    fig.suptitle(title or "Tokens kept by token sparsification, step by step", fontsize=9)
+    fig.suptitle((title or "Tokens kept by token sparsification, step by step")
+                 + "\nblocks counted from 0, as --sparsify-at counts them", fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,5 +206,5 @@ def visualize_images(image_paths: Sequence[str | Path], out_dir: str | Path, run
     titles = [f"input:\n{masks.shape[2]} patches"] + step_titles(net)
     return kept_tokens_figure(np.ascontiguousarray(shown), masks, host.patch_size(net)[0],
                               Path(out_dir) / "kept_tokens.png", titles=titles,
-                              row_labels=[Path(p).name for p in image_paths],
+                              row_labels=distinct_labels(image_paths),
                               title=f"Tokens kept at keep rate {net.sparse_tuning.keep_rate:g}")

@@ -26,6 +26,7 @@ from ..core.config import SparseTuningConfig
 from ..data.options import AUGMENTS, VIDEO_KINDS, VideoConfig, absolute_spec
 from .validate import check_values
 from ..methods import all_methods, get_method, method_config, method_names, option_owners, validate_options
+from ..text import count
 
 AMPS = ("bf16", "fp16", "off")
 
@@ -33,10 +34,16 @@ AMPS = ("bf16", "fp16", "off")
 @dataclass
 class TrainConfig:
     epochs: int = 100                  # passes over the training set
-    batch_size: int = 64               # global batch: images per optimizer step over all ranks and micro-batches
-    lr: float = 1e-3                   # peak learning rate, reached after the warmup
+    # global batch: images per optimizer step over all ranks and micro-batches (32: enough steps for a
+    # short run on a small set; the presets take the paper's 64)
+    batch_size: int = 32
+    # peak learning rate, reached after the warmup (default: the method's own, from benchmarks/real:
+    # 1e-2 for the head-only linear and ts-only, 3e-5 for full fine-tuning, 1e-3 for the others)
+    lr: Optional[float] = None
     min_lr: float = 0.0                # learning rate at the end of the cosine decay
-    warmup_epochs: float = 10.0        # linear warmup from 0, in epochs (per-step schedule)
+    # linear warmup from 0, in epochs (per-step schedule); default: 10% of the run, at most 10 epochs
+    # (the paper's 10 of 100)
+    warmup_epochs: Optional[float] = None
     weight_decay: float = 1e-4         # AdamW decay; never on biases, norms or other 1-d parameters
     grad_accum: int = 1                # micro-batches per optimizer step
     clip_grad: Optional[float] = None  # max global gradient norm; unset: no clipping
@@ -58,12 +65,14 @@ class TrainConfig:
     grad_checkpointing: bool = False   # recompute each block's activations in the backward pass: less memory, more time
 
     def __post_init__(self) -> None:
+        if self.warmup_epochs is None and isinstance(self.epochs, int):
+            self.warmup_epochs = default_warmup(self.epochs)
         if self.amp not in AMPS:
             raise ValueError(f"amp={self.amp!r}: expected bf16, fp16 or off")
         for name in ("epochs", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
-        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+        if (self.lr is not None and self.lr <= 0) or self.min_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError("lr must be > 0; min_lr, weight_decay and warmup_epochs must be >= 0")
         if self.save_every < 0 or self.num_workers < 0 or self.keep_rate_warmup < 0:
             raise ValueError("save_every, num_workers and keep_rate_warmup must be >= 0")
@@ -74,6 +83,11 @@ class TrainConfig:
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError("mixup and cutmix are Beta-distribution alphas: >= 0 (0: off)")
         check_device(self.device)
+
+
+def default_warmup(epochs: int) -> float:
+    """Warmup epochs when none is given: 10% of the run, at most the paper's 10 epochs (of its 100)."""
+    return min(0.1 * epochs, 10.0)
 
 
 def check_device(device: str) -> None:
@@ -110,7 +124,10 @@ class RunConfig:
     img_size: Optional[int] = None     # input size (default: the model's); position embeddings are resampled
     download: bool = False             # let torchvision download the dataset (where a network exists)
     strict_data: bool = False          # fail on an unreadable image instead of skipping and counting it
-    augment: Literal["auto", "none", "crop-flip"] = "auto"  # training augmentation: auto (none for vtab:, crop and flip otherwise), none, crop-flip
+    # training augmentation: none, crop-flip (random-resized crop and flip), crop (no flip), or auto: none
+    # for vtab: data, for 10,000 training images or fewer, or for fewer than 10 epochs; crop-flip
+    # otherwise (crop for digits: mnist, svhn). The run records what auto chose, and why
+    augment: Literal["auto", "none", "crop-flip", "crop"] = "auto"
     train_samples: int = 0             # train on a class-balanced subset of N images drawn with the seed (0: every image)
     eval_samples: int = 0              # evaluate on a class-balanced subset of N images drawn with the seed (0: every image)
     sparse_tuning: Optional[SparseTuningConfig] = None  # resolved from the method and the Sparse-Tuning options
@@ -119,6 +136,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     num_classes: int = 0               # recorded by train: classes of the training data
     classes: list[str] = field(default_factory=list)  # recorded by train: their names
+    # recorded: where the learning rate, warmup, schedule and augmentation came from (default,
+    # preset, auto's reason, or given), as the run's opening summary prints them
+    choices: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -143,17 +163,18 @@ class RunConfig:
         return str(self.data or "").partition(":")[0] in VIDEO_KINDS
 
 
-# Preset overrides: the paper's VTAB-1K recipe and its complete-dataset one.
+# Preset overrides: the paper's VTAB-1K recipe and its complete-dataset one. Their warmup is the
+# default rule's, which gives the paper's 10 epochs at their 100 and a tenth of a shorter run.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "vtab": {"train": {"epochs": 100, "lr": 1e-2, "min_lr": 0.0, "warmup_epochs": 10, "weight_decay": 1e-4,
+    "vtab": {"train": {"epochs": 100, "lr": 1e-2, "min_lr": 0.0, "weight_decay": 1e-4,
                        "batch_size": 64},
              "sparse_tuning": {"bottleneck": 8}},
-    "full": {"train": {"epochs": 100, "lr": 1e-3, "min_lr": 1e-6, "warmup_epochs": 10, "weight_decay": 5e-2,
+    "full": {"train": {"epochs": 100, "lr": 1e-3, "min_lr": 1e-6, "weight_decay": 5e-2,
                        "batch_size": 64},
              "sparse_tuning": {"bottleneck": 32}},
 }
 SECTIONS = ("sparse_tuning", "baseline", "video", "train")
-RECORDED = ("num_classes", "classes")  # written by train, never options
+RECORDED = ("num_classes", "classes", "choices")  # written by train, never options
 
 
 def top_level_fields() -> list[dataclasses.Field]:
@@ -204,6 +225,7 @@ def resolve_config(*layers: dict[str, Any]) -> RunConfig:
                 merged[key].update(value)
             else:
                 merged[key] = value
+    given = set(merged["train"])
     preset = merged.get("preset")
     if preset is not None:
         if preset not in PRESETS:
@@ -224,13 +246,30 @@ def resolve_config(*layers: dict[str, Any]) -> RunConfig:
     for name, cls in option_owners().items():
         if name in merged["baseline"]:
             check_values(cls, {name: merged["baseline"][name]}, "baseline")
+    merged["train"].setdefault("lr", get_method(method).lr)
     cfg = RunConfig(**{**top, "method": method}, sparse_tuning=method_config(method, keep, **fields),
                     baseline=validate_options(merged["baseline"]), video=VideoConfig(**merged["video"]),
                     train=TrainConfig(**merged["train"]))
+    cfg.choices = schedule_choices(cfg, given)
+    if "augment" in merged:  # else train chooses it from the data (--augment auto)
+        cfg.choices["augment"] = "given"
     check_run_config(cfg)
     check_machine(cfg.train)
     return dataclasses.replace(cfg, data=absolute_spec(cfg.data) if cfg.data else cfg.data,
                                weights=os.path.abspath(os.path.expanduser(cfg.weights)) if cfg.weights else None)
+
+
+def schedule_choices(cfg: RunConfig, given: set[str]) -> dict[str, str]:
+    """Where the learning rate, its warmup and its schedule came from: given (a flag or the config
+    file), the preset, or the default and its rule."""
+    train = PRESETS[cfg.preset]["train"] if cfg.preset else {}
+
+    def origin(name: str, default: str) -> str:
+        return "given" if name in given else f"preset {cfg.preset}" if name in train else default
+
+    return {"lr": origin("lr", f"default for --method {cfg.method}"),
+            "warmup_epochs": origin("warmup_epochs", f"default: 10% of {count(cfg.train.epochs, 'epoch')}, at most 10"),
+            "schedule": origin("min_lr", "default")}
 
 
 def check_run_config(cfg: RunConfig) -> None:
@@ -308,6 +347,8 @@ def comparable_record(record: Any, changeable: tuple[str, ...]) -> dict[str, Any
         record = json.loads(record)
     flat = {}
     for key, value in record.items():
+        if key == "choices":  # why the options have their values, not an option
+            continue
         if isinstance(value, dict) and key in ("train", "video", "baseline", "sparse_tuning"):
             flat.update({f"{key}.{k}": v for k, v in value.items() if not (key == "train" and k in changeable)})
         else:

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.images import collate_skipping, quiet_worker
+from ..data.images import collate_skipping, quiet_worker, worker_batches
 from ..hosts import logits_of
 from .devices import autocast
 from .distributed import Dist, all_reduce_sum
@@ -30,20 +30,21 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 128, device: 
                         worker_init_fn=quiet_worker if num_workers else None)
     sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # correct@1, correct@5, loss, images, skipped
     num_classes = 0
-    for images, labels, skipped in loader:
-        sums[4] += skipped
-        if images is None:
-            continue
-        images, labels = images.to(device), labels.to(device)
-        with autocast(device, amp):
-            logits = logits_of(model(images))
-        logits = logits.float()
-        num_classes = logits.shape[1]
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        sums[0] += (top[:, 0] == labels).sum().item()
-        sums[1] += (top == labels[:, None]).any(dim=1).sum().item()
-        sums[2] += F.cross_entropy(logits, labels, reduction="sum").item()
-        sums[3] += len(labels)
+    with worker_batches(loader) as batches:
+        for images, labels, skipped in batches:
+            sums[4] += skipped
+            if images is None:
+                continue
+            images, labels = images.to(device), labels.to(device)
+            with autocast(device, amp):
+                logits = logits_of(model(images))
+            logits = logits.float()
+            num_classes = logits.shape[1]
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            sums[0] += (top[:, 0] == labels).sum().item()
+            sums[1] += (top == labels[:, None]).any(dim=1).sum().item()
+            sums[2] += F.cross_entropy(logits, labels, reduction="sum").item()
+            sums[3] += len(labels)
     model.train(was_training)
     c1, c5, loss, n, skipped = all_reduce_sum(sums, d, device)
     if not n:

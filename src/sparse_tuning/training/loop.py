@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from ..api import count_params
-from ..data.images import ImageData, SeededDataset, collate_skipping, quiet_worker
+from ..data.images import ImageData, SeededDataset, collate_skipping, quiet_worker, worker_batches
 from ..hosts import host_for, logits_of
 from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -31,6 +31,7 @@ from .distributed import EpochSampler, all_reduce_sum, init_distributed
 from .errors import Interrupted, TrainingError
 from .evaluate import evaluate, top5_text
 from .progress import MetricsLog, Progress
+from ..text import count
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
@@ -61,10 +62,15 @@ class Trainer:
     def __init__(self, model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Path,
                  resume: bool = False, metadata: Optional[dict[str, str]] = None,
                  log: Callable[[str], None] = print, hook: Optional[Callable[..., TrainHook]] = None,
-                 record: Optional[dict[str, Any]] = None, changeable: tuple[str, ...] = ()) -> None:
+                 record: Optional[dict[str, Any]] = None, changeable: tuple[str, ...] = (),
+                 choices: Optional[dict[str, str]] = None) -> None:
         """record: the run's whole config, kept in each checkpoint; a resume refuses a config that
-        differs from it except in ``changeable`` training fields."""
+        differs from it except in ``changeable`` training fields. choices: why the learning rate,
+        warmup, schedule and augmentation have their values (the opening summary prints them)."""
         self.model, self.data, self.cfg, self.run_dir, self.log = model, data, cfg, Path(run_dir), log
+        self.choices = choices or {}
+        if cfg.lr is None:
+            raise ValueError("TrainConfig.lr is unset: resolve_config fills in the method's default")
         self.metadata, self.record, self.changeable = metadata or {}, record, changeable
         device = resolve_device(cfg.device)
         self.d = d = init_distributed(device)
@@ -102,7 +108,7 @@ class Trainer:
 
         self.step_index, self.best = 0, {"top1": -1.0, "epoch": -1}
         self.evaluated_epoch = -1  # the last epoch whose evaluation finished
-        self.skipped, self.images_read = 0, 0
+        self.skipped, self.images_read, self.step_images = 0, 0, 0
         self.stop_signal: Optional[int] = None
         torch.manual_seed(cfg.seed)
         if resume:
@@ -154,7 +160,7 @@ class Trainer:
                                     f"{now.get(k)!r} now); a resume may change only "
                                     + ", ".join("--" + c.replace("_", "-") for c in self.changeable))
         if state["step"] > self.total_steps:
-            raise TrainingError(f"the checkpoint is at step {state['step']}, past the {self.cfg.epochs} epochs asked "
+            raise TrainingError(f"the checkpoint is at step {state['step']}, past the {count(self.cfg.epochs, 'epoch')} asked "
                                 f"({self.total_steps} steps)")
 
     def summary(self, about: str = "") -> list[str]:
@@ -167,10 +173,15 @@ class Trainer:
             f"data: {len(data.train):,} training images, {len(data.eval):,} {data.eval_split} images, "
             f"{data.num_classes} classes",
             f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
-            f"schedule: {cfg.epochs} epochs x {self.steps_per_epoch} steps of {cfg.batch_size} images, "
-            f"lr {cfg.lr:g} (warmup {cfg.warmup_epochs:g} epochs, cosine to {cfg.min_lr:g})",
+            f"schedule: {count(cfg.epochs, 'epoch')} x {count(self.steps_per_epoch, 'step')} of {cfg.batch_size} images; "
+            f"lr {cfg.lr:g}{self._why('lr')}, warmup {count(cfg.warmup_epochs, 'epoch')}{self._why('warmup_epochs')}, "
+            f"cosine to {cfg.min_lr:g}{self._why('schedule')}",
+            *([f"augmentation: {data.augment}{self._why('augment')}"] if getattr(data, "augment", None) else []),
             f"run folder: {self.run_dir}",
         ]
+
+    def _why(self, name: str) -> str:
+        return f" ({self.choices[name]})" if name in self.choices else ""
 
     def checkpoint(self) -> None:
         if self.d.main:
@@ -182,14 +193,14 @@ class Trainer:
             save_checkpoint(self.run_dir, self.model, state, self.step_index, self.metadata)
 
     def loader(self, epoch: int):
-        """The rest of ``epoch``'s batches, from where a resumed run stopped, and their sampler."""
+        """The loader of the rest of ``epoch``'s batches, from where a resumed run stopped, and its sampler."""
         cfg = self.cfg
         sampler = EpochSampler(len(self.data.train), cfg.batch_size, cfg.seed, epoch, self.d,
                                start_batch=self.step_index - epoch * self.steps_per_epoch)
         loader = DataLoader(SeededDataset(self.data.train), batch_size=self.micro, sampler=sampler,
                             num_workers=cfg.num_workers, collate_fn=collate_skipping, worker_init_fn=quiet_worker,
                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        return iter(loader), sampler
+        return loader, sampler
 
     def step(self, batches) -> tuple[float, float, float]:
         """One optimizer step over grad_accum micro-batches; returns (loss, lr, images/s)."""
@@ -225,8 +236,10 @@ class Trainer:
             self.stop_signal = signal.SIGTERM
         if not math.isfinite(loss_value):
             last = latest_checkpoint(self.run_dir)
+            after = (f"the last good checkpoint is {last}" if last else "no checkpoint was written yet, so a resume "
+                     "starts from the first step") + f"; continue with --resume {self.run_dir} and a lower --lr"
             raise TrainingError(f"the loss became {loss_value} at step {self.step_index + 1}; stopped without "
-                                f"applying that update. Last good checkpoint: {last or 'none'} (resume with --resume)")
+                                f"applying that update; {after}")
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if cfg.clip_grad:
@@ -239,6 +252,7 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_index += 1
+        self.step_images = images_seen * d.world
         return loss_value, lr, images_seen * d.world / max(time.perf_counter() - t0, 1e-9)
 
     def evaluate(self, epoch: int) -> dict[str, Any]:
@@ -272,19 +286,20 @@ class Trainer:
                     and self.evaluated_epoch < epoch - 1:
                 final = self._end_epoch(epoch - 1, progress)  # stopped between its last step and its evaluation
             for epoch in range(epoch, cfg.epochs):
-                batches, sampler = self.loader(epoch)
+                loader, sampler = self.loader(epoch)
                 read_before = self.images_read
                 self.net.train()
-                for _ in range(sampler.start_batch, self.steps_per_epoch):
-                    loss, lr, rate = self.step(batches)
-                    progress.update(self.step_index, loss, rate)
-                    if self.step_index % cfg.log_every == 0 or self.step_index == self.total_steps:
-                        self.metrics.write({"step": self.step_index, "epoch": epoch, "loss": loss, "lr": lr,
-                                            "images_per_s": rate, "keep_rate": 1.0, **self.hook.metrics(),
-                                            "skipped_images": self.skipped})
-                    if cfg.save_every and self.step_index % cfg.save_every == 0:
-                        self.checkpoint()
-                    self._stop_if_asked(progress)
+                with worker_batches(loader) as batches:
+                    for _ in range(sampler.start_batch, self.steps_per_epoch):
+                        loss, lr, rate = self.step(batches)
+                        progress.update(self.step_index, loss, self.step_images)
+                        if self.step_index % cfg.log_every == 0 or self.step_index == self.total_steps:
+                            self.metrics.write({"step": self.step_index, "epoch": epoch, "loss": loss, "lr": lr,
+                                                "images_per_s": rate, "keep_rate": 1.0, **self.hook.metrics(),
+                                                "skipped_images": self.skipped})
+                        if cfg.save_every and self.step_index % cfg.save_every == 0:
+                            self.checkpoint()
+                        self._stop_if_asked(progress)
                 read, = all_reduce_sum([float(self.images_read - read_before)], d, self.device)
                 if not read:  # all ranks agree: none of them read an image this epoch
                     raise TrainingError(f"no training image could be read in epoch {epoch} ({self.skipped} skipped); "
@@ -335,8 +350,8 @@ class Trainer:
     def warnings(self) -> list[str]:
         cfg = self.cfg
         if cfg.warmup_epochs >= cfg.epochs:
-            return [f"warning: the learning-rate warmup ({cfg.warmup_epochs:g} epochs) is not shorter than the run "
-                    f"({cfg.epochs} epochs): the peak learning rate {cfg.lr:g} is never reached "
+            return [f"warning: the learning-rate warmup ({count(cfg.warmup_epochs, 'epoch')}) is not shorter than the run "
+                    f"({count(cfg.epochs, 'epoch')}): the peak learning rate {cfg.lr:g} is never reached "
                     "(--warmup-epochs sets it)"]
         return []
 

@@ -40,30 +40,45 @@ class MetricsLog:
 
 class Progress:
     """A tqdm bar on a terminal; otherwise (a log file, a cluster job) one line every ``every``
-    optimizer steps and at the last one."""
+    optimizer steps and at the last one.
+
+    Throughput is images over wall time since the previous line, counted from the end of the
+    first step after a start or resume: that step also waits for the loader's workers to start
+    and would read as a few images per second.
+    """
 
     def __init__(self, total: int, start: int, enabled: bool, log: Callable[[str], None], every: int = 10) -> None:
         self.enabled, self.log, self.total, self.every = enabled, log, total, every
         self.bar = None
         self.start, self.started = start, time.monotonic()
-        self.last_line = self.started
+        self.window_start, self.window_images = None, 0  # None until the first step has ended
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
-    def update(self, step: int, loss: float, images_per_s: float) -> None:
+    def update(self, step: int, loss: float, images: int) -> None:
+        """After optimizer step ``step`` (1-based), which read ``images`` images over all ranks."""
         if not self.enabled:
             return
+        now = time.monotonic()
+        if self.window_start is None:
+            self.window_start, self.window_images = now, 0
+            rate = None
+        else:
+            self.window_images += images
+            rate = self.window_images / max(now - self.window_start, 1e-9)
+        rate_text = f"{rate:.0f} images/s" if rate is not None else "first step"
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}" if rate is not None else "-")
         elif step % self.every == 0 or step == self.total:
-            self.last_line = time.monotonic()
-            per_step = (self.last_line - self.started) / max(step - self.start, 1)
+            per_step = (now - self.started) / max(step - self.start, 1)
             eta = per_step * (self.total - step)
-            self.log(f"step {step}/{self.total} loss {loss:.4f} {images_per_s:.0f} images/s "
+            self.log(f"step {step}/{self.total} loss {loss:.4f} {rate_text} "
                      f"ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}")
+            if rate is not None:  # the next line's rate: the steps after this one
+                self.window_start, self.window_images = now, 0
 
     def message(self, text: str) -> None:
         if self.enabled:

