@@ -134,3 +134,26 @@ def test_a_given_augmentation_is_used_as_given(folder, tmp_path, capsys):
                  "--num-workers", "0", "--augment", "crop", "--out", str(run)]) == 0
     assert "augmentation: crop (given)" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["augment"] == "crop"
+
+
+def test_counts_agree_with_their_nouns():
+    from sparse_tuning.text import count
+
+    assert [count(1, "epoch"), count(2, "epoch"), count(0.5, "epoch"), count(1.0, "epoch"), count(1000, "image")] == \
+        ["1 epoch", "2 epochs", "0.5 epochs", "1 epoch", "1,000 images"]
+
+
+def test_the_progress_rate_leaves_out_the_first_step(monkeypatch):
+    """The first step after a start waits for the loader's workers: its images per second would
+    read as a handful. Lines count from the end of the first step, over the window since the last."""
+    from sparse_tuning.training import progress as progress_module
+
+    clock = iter([0.0, 10.0, 10.5, 11.0, 11.5])  # start; step 1 took 10 s; then 0.5 s per step
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(progress_module.sys.stderr, "isatty", lambda: False)
+    lines = []
+    bar = progress_module.Progress(total=4, start=0, enabled=True, log=lines.append, every=2)
+    for step in range(1, 5):
+        bar.update(step, loss=1.0, images=32)
+    assert lines[0].startswith("step 2/4 loss 1.0000 64 images/s")   # step 2 alone: 32 images in 0.5 s
+    assert lines[1].startswith("step 4/4 loss 1.0000 64 images/s")   # steps 3-4: 64 images in 1 s

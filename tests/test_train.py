@@ -10,7 +10,7 @@ from safetensors import safe_open
 import sparse_tuning as st
 from sparse_tuning.training.config import resolve_config
 from sparse_tuning.training.run import load_run, resume_config, train_run
-from sparse_tuning.methods.sparse_tuning import keep_rate_at
+from sparse_tuning.methods.base import keep_rate_at
 from sparse_tuning.training.config import TrainConfig
 from sparse_tuning.training.loop import TrainingError, lr_at, param_groups
 
@@ -119,9 +119,54 @@ def test_keep_rate_warmup_anneals_training_forwards_and_not_evaluation(folder, t
     assert logged == [1.0, 0.95, 0.9, 0.85, 0.8, 0.75]  # log_every=1: the rate of each step
 
 
-def test_keep_rate_warmup_is_refused_for_a_method_that_does_not_anneal(folder):
-    with pytest.raises(ValueError, match="keep rate of ts-only, sparse-tuning; --method lora does not take it"):
-        config(folder, method="lora", keep_rate_warmup=2)
+def test_keep_rate_schedules_are_refused_where_no_keep_rate_exists(folder):
+    for field in ("keep_rate_warmup", "keep_rate_random"):
+        with pytest.raises(ValueError, match=f"{field} schedules .* --method lora here keeps every token"):
+            config(folder, method="lora", **{field: 0.5})
+        with pytest.raises(ValueError, match="merges with ToMe, which has no keep rate"):
+            config(folder, st_fields={"reduction": "tome"}, **{field: 0.5})
+    with pytest.raises(ValueError, match="keep_rate_random=1.5"):
+        config(folder, keep_rate_random=1.5)
+
+
+def spy_rates(monkeypatch):
+    from sparse_tuning.hosts.timm_vit import SparseTuningBlocks
+
+    seen = []
+    forward = SparseTuningBlocks.forward
+
+    def spy(self, x):
+        seen.append((self.training, round(self.st.keep_rate, 6)))
+        return forward(self, x)
+
+    monkeypatch.setattr(SparseTuningBlocks, "forward", spy)
+    return seen
+
+
+@pytest.mark.parametrize("method,fields", [("sparse-tuning", {}),
+                                           ("lora", {"reduction": "class-attention", "keep_rate": 0.7})])
+def test_random_keep_rates_are_drawn_per_step_from_seed_and_step(folder, tmp_path, monkeypatch, method, fields):
+    """Each training step's rate is the draw of (seed, step), by hand here, in [0.4, 1]; evaluation
+    runs at the configured 0.7; the metrics log records each step's rate (LoRA + class-attention
+    too, which logged 1.0 before)."""
+    seen = spy_rates(monkeypatch)
+    train_run(config(folder, method=method, st_fields=fields, epochs=2, keep_rate_random=0.4, seed=3), tmp_path / "run")
+    expected = [round(0.4 + 0.6 * torch.rand((), generator=torch.Generator().manual_seed(3 * 1_000_003 + step)).item(), 6)
+                for step in range(6)]
+    assert [rate for is_training, rate in seen if is_training] == expected
+    assert len(set(expected)) == 6 and all(0.4 <= r <= 1 for r in expected)
+    assert {rate for is_training, rate in seen if not is_training} == {0.7}
+    logged = [l["keep_rate"] for l in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+              if "loss" in l and "split" not in l]
+    assert [round(r, 6) for r in logged] == expected
+
+
+def test_random_keep_rates_with_a_warmup_anneal_their_lower_bound(folder, tmp_path, monkeypatch):
+    seen = spy_rates(monkeypatch)
+    train_run(config(folder, epochs=2, keep_rate_random=0.4, keep_rate_warmup=2), tmp_path / "run")
+    training = [rate for is_training, rate in seen if is_training]
+    lows = [keep_rate_at(step, 6, 0.4) for step in range(6)]  # 1, 0.9, ..., 0.5
+    assert training[0] == 1.0 and all(low - 1e-6 <= r <= 1 for r, low in zip(training, lows))
 
 
 @pytest.mark.parametrize("extra", [dict(mixup=0.8, cutmix=1.0, label_smoothing=0.1), dict(amp="bf16"),

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import compare
-from suite import BENCH_ROW, CONFIGS, MODEL
+from suite import BENCH_ROW, CONFIGS, MODEL, TEACHER_ROW, TRAINED_AS
 
 
 def keeps_every_token(name: str) -> bool:
-    method, fields, _ = CONFIGS[name]
-    return method not in ("sparse-tuning", "ts-only") and fields.get("reduction", "none") == "none"
+    method, fields, options = CONFIGS[name]
+    return method not in ("sparse-tuning", "ts-only") and fields.get("reduction", "none") == "none" \
+        and "reduce_at_inference" not in options
 
 
 def collect(args) -> dict[str, Any]:
@@ -38,10 +39,14 @@ def collect(args) -> dict[str, Any]:
                 continue
             records = [json.loads(p.read_text()) for p in cells]
             cost = timing["rows"][BENCH_ROW[name]]
+            step = timing["rows"][BENCH_ROW[TRAINED_AS.get(name, name)]]["train_step_s"]
+            if name in TEACHER_ROW:  # the teacher's forward: its model's inference at the same batch
+                teacher = timing["rows"][TEACHER_ROW[name]]["infer_images_per_s"][str(args.batch_size)]
+                step += args.batch_size / teacher
             methods[name] = {"top1": [r["top1"] for r in records], "seeds": [r["seed"] for r in records],
                              "lr": records[0]["lr"], "gflops": cost["gflops"],
                              "params_trainable": cost["params_trainable"],
-                             "train_s_per_epoch": cost["train_step_s"] * steps_per_epoch,
+                             "train_s_per_epoch": step * steps_per_epoch,
                              "infer_images_per_s": cost["infer_images_per_s"],
                              "keeps_every_token": keeps_every_token(name)}
         tasks[task] = {"methods": methods}
@@ -90,7 +95,8 @@ def phase_report(args, argv: list[str]) -> None:
                                  tasks=list(args.tasks), reference=ref,
                                  lr_choice="seed 0, train800 -> val200, the method's default x (1/3, 1, 3)",
                                  timing=f"{args.rounds} interleaved rounds, medians, fp32, CPU, random inputs; "
-                                        "the same for every task")
+                                        "the same for every task; a self-distilling step adds its teacher's "
+                                        "forward (the every-token model's inference at the same batch)")
     meta["command"] = "python benchmarks/suite/suite.py " + " ".join(argv)
     results = {"tasks": tasks, "suite": suite, "meta": meta}
     compare.write_results(args.out, results, markdown(results), {"frontier.png": plot_frontier})

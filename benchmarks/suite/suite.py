@@ -27,7 +27,7 @@ Phases (each skips what is done; --phases picks them):
           task (one input size, ten classes); run it on a quiet machine
   report  results.json, results.md (suite means, paired tests) and frontier.png
 
---quick: one task, two configurations, one epoch of 64 images, one seed: a smoke test of the
+--quick: one task, four configurations (two of them recovery options), one epoch of 64 images, one seed: a smoke test of the
 whole pipeline in a few minutes (written under --runs, never over the committed results).
 """
 from __future__ import annotations
@@ -53,22 +53,46 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # The augmentation rule of --augment auto: the same run with timm's random-resized crop and flip.
     "sparse-tuning+class-attention@0.7+crop-flip": ("sparse-tuning", {"keep_rate": 0.7}, {"augment": "crop-flip"}),
     "lora": ("lora", {}, {}),
+    # Accuracy recovery (train's options), each with the learning rate of the run it modifies:
+    "sparse-tuning+class-attention@0.7+self-distill": ("sparse-tuning", {"keep_rate": 0.7}, {"self_distill": 1.0}),
+    "sparse-tuning+class-attention@0.7+keep-random@0.5": ("sparse-tuning", {"keep_rate": 0.7},
+                                                          {"keep_rate_random": 0.5}),
+    "lora+class-attention@0.7": ("lora", {"reduction": "class-attention", "keep_rate": 0.7}, {}),
+    "lora+class-attention@0.7+self-distill": ("lora", {"reduction": "class-attention", "keep_rate": 0.7},
+                                              {"self_distill": 1.0}),
+    # Train dense, reduce at inference: the LoRA runs (every token), evaluated with class-attention.
+    "lora+class-attention@0.7+dense-trained": ("lora", {}, {"reduce_at_inference": {"keep_rate": 0.7}}),
     "da-only": ("da-only", {}, {}),
     "linear": ("linear", {}, {}),
-    "lora+class-attention@0.7": ("lora", {"reduction": "class-attention", "keep_rate": 0.7}, {}),
     "sparse-tuning+tome@r4": ("sparse-tuning", {"reduction": "tome", "tome_r": [4]}, {}),
     "full": ("full", {}, {}),
     "adaptformer": ("adaptformer", {}, {}),
 }
-FIVE_SEEDS = ("sparse-tuning+class-attention@0.7", "lora")
+FIVE_SEEDS = ("sparse-tuning+class-attention@0.7", "lora", "lora+class-attention@0.7+dense-trained")
 # Chosen with the run they modify: the augmentation check reuses Sparse-Tuning's learning rate.
-SAME_LR_AS = {"sparse-tuning+class-attention@0.7+crop-flip": "sparse-tuning+class-attention@0.7"}
+SAME_LR_AS = {"sparse-tuning+class-attention@0.7+crop-flip": "sparse-tuning+class-attention@0.7",
+              "sparse-tuning+class-attention@0.7+self-distill": "sparse-tuning+class-attention@0.7",
+              "sparse-tuning+class-attention@0.7+keep-random@0.5": "sparse-tuning+class-attention@0.7",
+              "lora+class-attention@0.7+self-distill": "lora+class-attention@0.7",
+              "lora+class-attention@0.7+dense-trained": "lora"}
+# Configurations whose runs are another's, evaluated otherwise (no training of their own).
+EVALUATES = {"lora+class-attention@0.7+dense-trained": "lora"}
 LR_FACTORS = (1 / 3, 1.0, 3.0)
 # bench rows (tools.bench names) for each configuration's cost; None: the cost of another's
 BENCH_ROW = {"sparse-tuning+class-attention@0.7": "sparse-tuning", "lora": "lora", "da-only": "da-only",
              "linear": "linear", "lora+class-attention@0.7": "lora+class-attention",
              "sparse-tuning+tome@r4": "sparse-tuning+tome", "full": "full", "adaptformer": "adaptformer",
-             "sparse-tuning+class-attention@0.7+crop-flip": "sparse-tuning"}
+             "sparse-tuning+class-attention@0.7+crop-flip": "sparse-tuning",
+             "sparse-tuning+class-attention@0.7+self-distill": "sparse-tuning",
+             "sparse-tuning+class-attention@0.7+keep-random@0.5": "sparse-tuning",
+             "lora+class-attention@0.7+self-distill": "lora+class-attention",
+             "lora+class-attention@0.7+dense-trained": "lora+class-attention"}
+# A distilling configuration's step also runs its teacher: the every-token model's forward, timed
+# as that model's inference at the same batch and added to the step.
+TEACHER_ROW = {"sparse-tuning+class-attention@0.7+self-distill": "da-only",
+               "lora+class-attention@0.7+self-distill": "lora"}
+# A configuration trained like another has that one's training cost.
+TRAINED_AS = {"lora+class-attention@0.7+dense-trained": "lora"}
 
 
 def run_config(args: argparse.Namespace, name: str, data: str, seed: int, lr: float) -> Any:
@@ -81,7 +105,10 @@ def run_config(args: argparse.Namespace, name: str, data: str, seed: int, lr: fl
         "train_samples": args.train_samples, "eval_samples": args.train_samples and 2 * args.train_samples,
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": lr, "weight_decay": 1e-4,
                   "seed": seed, "num_workers": 0, "log_every": 1000, "eval_batch_size": 128,
-                  "eval_every": args.epochs}})
+                  "eval_every": args.epochs, **{k: v for k, v in options.items() if k in TRAIN_OPTIONS}}})
+
+
+TRAIN_OPTIONS = ("self_distill", "keep_rate_random")
 
 
 def default_lr(name: str) -> float:
@@ -106,6 +133,35 @@ def train_cell(args: argparse.Namespace, cell: Path, run: Path, cfg: Any) -> dic
         results = train_run(cfg, run, log=lambda line: None)
     record = {"top1": results["final"]["top1"], "images": results["final"]["images"], "lr": cfg.train.lr,
               "seed": cfg.train.seed, "wall_s": round(time.perf_counter() - start, 1)}
+    cell.parent.mkdir(parents=True, exist_ok=True)
+    cell.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def evaluate_cell(args: argparse.Namespace, task: str, name: str, seed: int, lr: float) -> dict[str, Any]:
+    """A trained-dense run (its own cell's run, trained again where its folder is gone: the same
+    seed trains the same model) evaluated with the reduction of ``name``."""
+    from sparse_tuning.training.run import eval_run
+
+    source = EVALUATES[name]
+    run = args.runs / task / source / f"seed{seed}"
+    source_cell = args.cells / task / source / f"seed{seed}.json"
+    if not (run / "trainable.safetensors").is_file():
+        cfg = run_config(args, source, f"folder:{Path(args.tasks_root) / task}", seed, lr)
+        kept = source_cell.read_text() if source_cell.is_file() else None
+        source_cell.unlink(missing_ok=True)  # trained again here: the recorded result stays, the new one is noted
+        again = train_cell(args, source_cell, run, cfg)["top1"]
+        if kept is not None:
+            source_cell.write_text(kept)
+    else:
+        again = None
+    start = time.perf_counter()
+    reduction = CONFIGS[name][2]["reduce_at_inference"]
+    result = eval_run(run, keep_rate=reduction["keep_rate"], reduction="class-attention", device="cpu", write=False)
+    record = {"top1": result["top1"], "images": result["images"], "lr": lr, "seed": seed,
+              "wall_s": round(time.perf_counter() - start, 1), "evaluates": f"{source} seed {seed}",
+              **({"source_trained_again_top1": again} if again is not None else {})}
+    cell = args.cells / task / name / f"seed{seed}.json"
     cell.parent.mkdir(parents=True, exist_ok=True)
     cell.write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -138,8 +194,11 @@ def phase_runs(args: argparse.Namespace) -> None:
                     continue
                 lr = chosen_lr(args, task, name)
                 print(f"[runs] {task} {name} seed {seed} lr {lr:g}", flush=True)
-                cfg = run_config(args, name, f"folder:{Path(args.tasks_root) / task}", seed, lr)
-                record = train_cell(args, cell, args.runs / task / name / f"seed{seed}", cfg)
+                if name in EVALUATES:
+                    record = evaluate_cell(args, task, name, seed, lr)
+                else:
+                    cfg = run_config(args, name, f"folder:{Path(args.tasks_root) / task}", seed, lr)
+                    record = train_cell(args, cell, args.runs / task / name / f"seed{seed}", cfg)
                 print(f"        top-1 {record['top1']:.2f} in {record['wall_s']:.0f} s", flush=True)
 
 
@@ -149,7 +208,7 @@ def phase_time(args: argparse.Namespace) -> None:
     out = args.cells / "timing.json"
     if out.is_file():
         return
-    rows = sorted({BENCH_ROW[n] for n in args.configs})
+    rows = sorted({BENCH_ROW[n] for n in args.configs} | {TEACHER_ROW[n] for n in args.configs if n in TEACHER_ROW})
     print(f"[time] {len(rows)} configurations, interleaved rounds", flush=True)
     timed = {}
     for batch in (args.batch_size, 1):
@@ -196,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown configuration or task {unknown[0]!r}")
     if args.quick:  # everything under --runs: a smoke test never touches the committed cells
-        args.tasks, args.configs = args.tasks[:1], ["sparse-tuning+class-attention@0.7", "lora"]
+        args.tasks = args.tasks[:1]
+        args.configs = ["sparse-tuning+class-attention@0.7", "lora", "sparse-tuning+class-attention@0.7+self-distill",
+                        "lora+class-attention@0.7+dense-trained"]
         args.epochs, args.train_samples, args.seeds, args.seeds_five, args.rounds = 1, 64, 1, 2, 1
         args.cells, args.out = args.runs / "cells", args.runs / "report"
     return compare.run_phases(args, argv, {"runs": lambda a, _: phase_runs(a), "time": lambda a, _: phase_time(a),

@@ -61,7 +61,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..tools.sweep import sweep_run
 
     rates = [float(r) for r in args.keep_rates.split(",") if r.strip()]
-    print(sweep_run(args.run, rates, args.data, args.batch_size, args.device, args.rounds, args.out, progress=_say))
+    print(sweep_run(args.run, rates, args.data, args.batch_size, args.device, args.rounds, args.out, progress=_say,
+                    reduction=args.reduction))
     return 0
 
 
@@ -113,4 +114,6 @@ def add_commands(sub) -> None:
     p.add_argument("--keep-rates", default="0.5,0.6,0.7,0.8,0.9,1.0", help="comma-separated (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5, help="timed inference rounds per rate (default: %(default)s)")
     p.add_argument("--out", default=None, help="folder for sweep.md/json/png (default: the run folder)")
+    p.add_argument("--reduction", choices=["class-attention", "random"], default=None,
+                   help="a run trained on every token, reduced at inference by this rule")
     p.set_defaults(func=cmd_sweep)

@@ -37,9 +37,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..training.evaluate import top5_text
     from ..training.run import eval_run
 
-    result = eval_run(args.run, args.data, args.keep_rate, args.device, args.batch_size, compile=args.compile)
-    print(f"{result['split']}: top-1 {result['top1']:.2f}{top5_text(result, ' ')}  "
-          f"({result['images']} images, keep rate {result['keep_rate']})")
+    result = eval_run(args.run, args.data, args.keep_rate, args.device, args.batch_size, compile=args.compile,
+                      reduction=args.reduction, tome_r=args.tome_r)
+    tokens = result.get("reduction") or f"keep rate {result['keep_rate']}"
+    print(f"{result['split']}: top-1 {result['top1']:.2f}{top5_text(result, ' ')}  ({result['images']} images, {tokens})")
     return 0
 
 
@@ -80,6 +81,10 @@ def add_commands(sub) -> None:
     add_trained_run_options(p, batch_size=128)
     p.add_argument("--data", default=None, help="data spec (default: the run's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first (one compile per input size)")
+    p.add_argument("--reduction", choices=["class-attention", "tome", "random"], default=None,
+                   help="train dense, reduce at inference: a run trained on every token, evaluated with this "
+                        "reduction (with --keep-rate, or --tome-r for tome)")
+    p.add_argument("--tome-r", type=int, default=None, help="ToMe: tokens merged per block (with --reduction tome)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k labels of images with a trained run (JSON)")

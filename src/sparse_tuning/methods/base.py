@@ -37,6 +37,57 @@ class TrainHook:
         return {}
 
 
+def keep_rate_at(step: int, warm_steps: int, target: float) -> float:
+    """EViT-style keep-rate warmup: 1 at step 0, linearly down to the target."""
+    if warm_steps <= 0:
+        return target
+    return 1.0 - (1.0 - target) * min(1.0, step / warm_steps)
+
+
+class KeepRateSchedule(TrainHook):
+    """The keep rate each training step runs at, for any model that reduces tokens by a keep rate
+    (``model.sparse_tuning``); evaluation and the end of training use the configured rate.
+
+    - annealed (``keep_rate_warmup`` epochs): from 1 down to the configured rate;
+    - random (``keep_rate_random`` = low > 0): each step draws a rate uniformly from [low, 1], so one
+      trained model serves that range at inference; with a warmup too, ``low`` itself anneals from 1.
+      The draw is a function of (seed, step): a resumed run draws what the uninterrupted one did.
+    """
+
+    def __init__(self, state, warm_steps: int, random_low: float = 0.0, seed: int = 0) -> None:
+        self.state, self.warm_steps, self.target = state, warm_steps, state.keep_rate
+        self.random_low, self.seed = random_low, seed
+
+    def before_step(self, step: int) -> None:
+        if not self.random_low:
+            self.state.keep_rate = keep_rate_at(step, self.warm_steps, self.target)
+            return
+        import torch
+
+        low = keep_rate_at(step, self.warm_steps, self.random_low)
+        u = torch.rand((), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + step)).item()
+        self.state.keep_rate = min(1.0, low + (1.0 - low) * u)
+
+    def before_eval(self) -> None:
+        self.training_rate, self.state.keep_rate = self.state.keep_rate, self.target
+
+    def after_eval(self) -> None:
+        self.state.keep_rate = self.training_rate
+
+    def metrics(self) -> dict[str, float]:
+        return {"keep_rate": self.state.keep_rate}
+
+
+def keep_rate_schedule(model: "nn.Module", train_config: Any, steps_per_epoch: int) -> TrainHook:
+    """Every method's train hook: the keep-rate schedule where the model reduces tokens by a keep
+    rate, nothing otherwise (the run's config refuses a schedule that cannot apply)."""
+    state = getattr(model, "sparse_tuning", None)
+    if state is None or not state.sparsify_at or state.config.reduction == "tome":
+        return TrainHook()
+    return KeepRateSchedule(state, round(train_config.keep_rate_warmup * steps_per_epoch),
+                            train_config.keep_rate_random, train_config.seed)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -57,7 +108,7 @@ class Method:
     lr: float = 1e-3
     without_adapters: Optional[str] = None  # the method that --no-adapters makes of this one
     for_inference: Optional[Callable[["nn.Module"], "nn.Module"]] = None  # before export (merge LoRA)
-    train_hook: Optional[Callable[..., TrainHook]] = None  # train_hook(model, train_config, steps_per_epoch)
+    train_hook: Callable[..., TrainHook] = keep_rate_schedule  # train_hook(model, train_config, steps_per_epoch)
     # How a token reduction (--reduction) reaches a method without a Sparse-Tuning config of its
     # own: "before" (the model is reduced first, Sparse-Tuning without adapters, then the method
     # changes it), "own" (prepare receives the config and applies it itself), "none" (refused).

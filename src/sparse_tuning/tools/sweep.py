@@ -58,9 +58,11 @@ def sweep_markdown(rows: Sequence[dict[str, Any]], flops_scale: float = 1.0, flo
 
 
 def sweep_run(run_dir, rates: Sequence[float], data: Optional[str] = None, batch_size: int = 32,
-              device: str = "auto", timing_rounds: int = 5, out=None, progress=None) -> str:
+              device: str = "auto", timing_rounds: int = 5, out=None, progress=None,
+              reduction: Optional[str] = None) -> str:
     """A trained run across keep rates; writes sweep.json, sweep.md and sweep.png into ``out``
-    (the run folder by default) and returns the table."""
+    (the run folder by default) and returns the table. ``reduction`` (class-attention, random):
+    a run trained on every token, reduced at inference."""
     import json
     from pathlib import Path
 
@@ -70,7 +72,9 @@ def sweep_run(run_dir, rates: Sequence[float], data: Optional[str] = None, batch
     from .visualize import keep_rate_plot
 
     device = resolve_device(device)
-    model, cfg = load_run(run_dir)
+    if reduction == "tome":
+        raise ValueError("sweep varies the keep rate; ToMe has none (eval --reduction tome --tome-r N measures it)")
+    model, cfg = load_run(run_dir, reduction=reduction)
     st = getattr(model, "sparse_tuning", None)
     if st is None or not st.sparsify_at:
         raise ValueError(f"sweep needs a run that sparsifies tokens; this one used --method {cfg.method}")

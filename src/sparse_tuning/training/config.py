@@ -25,7 +25,7 @@ from typing import Any, Literal, Optional
 from ..core.config import SparseTuningConfig
 from ..data.options import AUGMENTS, VIDEO_KINDS, VideoConfig, absolute_spec
 from .validate import check_values
-from ..methods import all_methods, get_method, method_config, method_names, option_owners, validate_options
+from ..methods import get_method, method_config, method_names, option_owners, validate_options
 from ..text import count
 
 AMPS = ("bf16", "fp16", "off")
@@ -50,6 +50,15 @@ class TrainConfig:
     amp: Literal["bf16", "fp16", "off"] = "off"  # mixed precision: bf16, fp16 (with a grad scaler) or off
     seed: int = 0                      # data order, augmentation, initialisation of new weights
     keep_rate_warmup: float = 0.0      # epochs over which the keep rate anneals from 1 to its target
+    # train each step at a keep rate drawn uniformly from [this, 1] (0: off), so that one model serves
+    # that range at inference; evaluation uses --keep-rate. With --keep-rate-warmup the bound anneals from 1
+    keep_rate_random: float = 0.0
+    # weight of a KL term pulling the reduced model's logits to its own every-token pass (computed without
+    # gradients: one more forward per step); 0: off. For models that reduce tokens
+    self_distill: float = 0.0
+    teacher: Optional[str] = None      # a trained run folder (any method) whose logits the model also learns
+    teacher_weight: float = 1.0        # weight of the teacher's KL term
+    distill_temperature: float = 1.0   # temperature of the distillation terms (their KL is scaled by its square)
     label_smoothing: float = 0.0       # label smoothing of the cross-entropy
     mixup: float = 0.0                 # timm Mixup alpha (0: off)
     cutmix: float = 0.0                # timm CutMix alpha (0: off)
@@ -74,12 +83,17 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
         if (self.lr is not None and self.lr <= 0) or self.min_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError("lr must be > 0; min_lr, weight_decay and warmup_epochs must be >= 0")
+        if not 0 <= self.keep_rate_random <= 1:
+            raise ValueError(f"keep_rate_random={self.keep_rate_random!r}: expected the lowest keep rate drawn, in "
+                             "(0, 1] (0: off)")
         if self.save_every < 0 or self.num_workers < 0 or self.keep_rate_warmup < 0:
             raise ValueError("save_every, num_workers and keep_rate_warmup must be >= 0")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad={self.clip_grad!r}: expected a norm > 0 (leave it unset for no clipping)")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing={self.label_smoothing!r}: expected a number in [0, 1)")
+        if self.self_distill < 0 or self.teacher_weight < 0 or self.distill_temperature <= 0:
+            raise ValueError("self_distill and teacher_weight must be >= 0, distill_temperature > 0")
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError("mixup and cutmix are Beta-distribution alphas: >= 0 (0: off)")
         check_device(self.device)
@@ -255,8 +269,9 @@ def resolve_config(*layers: dict[str, Any]) -> RunConfig:
         cfg.choices["augment"] = "given"
     check_run_config(cfg)
     check_machine(cfg.train)
-    return dataclasses.replace(cfg, data=absolute_spec(cfg.data) if cfg.data else cfg.data,
-                               weights=os.path.abspath(os.path.expanduser(cfg.weights)) if cfg.weights else None)
+    absolute = lambda path: os.path.abspath(os.path.expanduser(path)) if path else path
+    return dataclasses.replace(cfg, data=absolute_spec(cfg.data) if cfg.data else cfg.data, weights=absolute(cfg.weights),
+                               train=dataclasses.replace(cfg.train, teacher=absolute(cfg.train.teacher)))
 
 
 def schedule_choices(cfg: RunConfig, given: set[str]) -> dict[str, str]:
@@ -284,9 +299,17 @@ def check_run_config(cfg: RunConfig) -> None:
     if cfg.data and cfg.is_video != bool(cfg.video.frames):
         raise ValueError("video data (kinetics:, ssv2:, frames:, videolist:) needs --frames N, and --frames "
                          "needs video data")
-    if cfg.train.keep_rate_warmup and not get_method(cfg.method).reduces_tokens:
-        raise ValueError(f"keep_rate_warmup anneals the keep rate of {', '.join(m.name for m in all_methods() if m.reduces_tokens)}; "
-                         f"--method {cfg.method} does not take it")
+    if cfg.train.self_distill and (cfg.sparse_tuning is None or cfg.sparse_tuning.keeps_every_token):
+        raise ValueError(f"self_distill distils the every-token pass into a model that reduces tokens; --method "
+                         f"{cfg.method} keeps every token here (give it a --reduction, or use --method sparse-tuning)")
+    schedule = [f for f in ("keep_rate_warmup", "keep_rate_random") if getattr(cfg.train, f)]
+    st = cfg.sparse_tuning
+    if schedule and (st is None or st.keeps_every_token or st.reduction == "tome"):
+        raise ValueError(f"{schedule[0]} schedules the keep rate of a model that reduces tokens by one (--method "
+                         f"sparse-tuning or ts-only, or any method with --reduction class-attention or random); "
+                         f"--method {cfg.method} here " + ("merges with ToMe, which has no keep rate"
+                                                            if st is not None and st.reduction == "tome"
+                                                            else "keeps every token"))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

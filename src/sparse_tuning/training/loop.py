@@ -27,6 +27,7 @@ from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, comparable_record
 from .devices import autocast, compiled, resolve_device
+from .distill import Distillation
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
 from .errors import Interrupted, TrainingError
 from .evaluate import evaluate, top5_text
@@ -63,12 +64,13 @@ class Trainer:
                  resume: bool = False, metadata: Optional[dict[str, str]] = None,
                  log: Callable[[str], None] = print, hook: Optional[Callable[..., TrainHook]] = None,
                  record: Optional[dict[str, Any]] = None, changeable: tuple[str, ...] = (),
-                 choices: Optional[dict[str, str]] = None) -> None:
+                 choices: Optional[dict[str, str]] = None, distill: Optional[Distillation] = None) -> None:
         """record: the run's whole config, kept in each checkpoint; a resume refuses a config that
         differs from it except in ``changeable`` training fields. choices: why the learning rate,
         warmup, schedule and augmentation have their values (the opening summary prints them)."""
         self.model, self.data, self.cfg, self.run_dir, self.log = model, data, cfg, Path(run_dir), log
         self.choices = choices or {}
+        self.distill = distill or Distillation()
         if cfg.lr is None:
             raise ValueError("TrainConfig.lr is unset: resolve_config fills in the method's default")
         self.metadata, self.record, self.changeable = metadata or {}, record, changeable
@@ -95,6 +97,8 @@ class Trainer:
         if cfg.grad_checkpointing:
             host_for(model).set_grad_checkpointing(model, True)
         model.to(self.device)
+        if self.distill.teacher is not None:
+            self.distill.teacher.to(self.device)
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
         self.net = model
@@ -177,6 +181,7 @@ class Trainer:
             f"lr {cfg.lr:g}{self._why('lr')}, warmup {count(cfg.warmup_epochs, 'epoch')}{self._why('warmup_epochs')}, "
             f"cosine to {cfg.min_lr:g}{self._why('schedule')}",
             *([f"augmentation: {data.augment}{self._why('augment')}"] if getattr(data, "augment", None) else []),
+            *([f"distillation: {self.distill.describe()}"] if self.distill.active else []),
             f"run folder: {self.run_dir}",
         ]
 
@@ -224,7 +229,11 @@ class Trainer:
                 images, labels = self.mixup(images, labels)
             sync = self.ddp.no_sync() if d.enabled and m < cfg.grad_accum - 1 else nullcontext()
             with sync, autocast(device, cfg.amp):
-                loss = self.criterion(logits_of(self.net(images)), labels) / cfg.grad_accum
+                logits = logits_of(self.net(images))
+                loss = self.criterion(logits, labels)
+                if self.distill.active:  # the teachers' passes run inside, without gradients
+                    loss = loss + self.distill.loss(self.model, images, logits)
+                loss = loss / cfg.grad_accum
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.detach().float()
             images_seen += len(images)

@@ -25,6 +25,7 @@ from ..hosts import build_architecture, host_for, host_named, logits_of
 from ..methods import get_method, prepare
 from .checkpoint import load_trainable, save_trainable
 from .config import RunConfig, read_run_config, resolve_config
+from .distill import Distillation
 from .devices import compiled
 from .loop import Trainer, evaluate, resolve_device
 from .run_folder import RunFolderError, RunLock, check_new_folder, is_run_folder, read_json, remove_temporaries
@@ -146,9 +147,11 @@ def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, log, main: bool, 
         model = build_model(cfg, data.num_classes)
         method = get_method(cfg.method)
         meta = {"method": cfg.method, "model": cfg.model}
+        distill = Distillation(cfg.train.self_distill, teacher_model(cfg, model), cfg.train.teacher_weight,
+                               cfg.train.distill_temperature)
         trainer = Trainer(model, data, cfg.train, run_dir, resume=resume, metadata=meta, log=log,
                           hook=method.train_hook, record=cfg.to_dict(), changeable=RESUME_CHANGES,
-                          choices=cfg.choices)
+                          choices=cfg.choices, distill=distill)
         if main:  # every check passed: only now is the folder written
             atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
         results = trainer.run(about=f"{cfg.model}, --method {cfg.method}" + reduction_text(cfg.sparse_tuning))
@@ -162,6 +165,27 @@ def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, log, main: bool, 
     return results
 
 
+def teacher_model(cfg: RunConfig, student: nn.Module) -> Optional[nn.Module]:
+    """The trained run named by --teacher, checked to read the same images as the student (the
+    same classes, input size and normalisation: both see the same batch)."""
+    if not cfg.train.teacher:
+        return None
+    if not is_run_folder(cfg.train.teacher):
+        raise RunFolderError(f"--teacher {cfg.train.teacher} is not a trained run folder")
+    teacher, taught = load_run(cfg.train.teacher)
+    if (taught.num_classes, list(taught.classes)) != (cfg.num_classes, list(cfg.classes)):
+        raise ValueError(f"--teacher {cfg.train.teacher} was trained on {taught.num_classes} classes "
+                         f"({', '.join(taught.classes[:3])}, ...); this run has {cfg.num_classes} "
+                         f"({', '.join(cfg.classes[:3])}, ...): its logits would name other classes")
+    keys = ("input_size", "mean", "std")
+    mine, theirs = (host_for(m).data_config(host_for(m).image_model(m)) for m in (student, teacher))
+    differ = [k for k in keys if tuple(mine[k]) != tuple(theirs[k])]
+    if differ:
+        raise ValueError(f"--teacher {cfg.train.teacher} reads images with another {differ[0]} "
+                         f"({tuple(theirs[differ[0]])}, this run {tuple(mine[differ[0]])}); it sees the student's batch")
+    return teacher
+
+
 def pretrained_with_sparsification(name: str, weights: str | None, img_size: int | None,
                                    keep_rate: float | None) -> nn.Module:
     """A pre-trained backbone with token sparsification and no adapters: what the method keeps
@@ -171,9 +195,37 @@ def pretrained_with_sparsification(name: str, weights: str | None, img_size: int
     return build_model(cfg, num_classes=0).eval()
 
 
-def load_run(run_dir: str | Path, keep_rate: Optional[float] = None) -> tuple[nn.Module, RunConfig]:
-    """The trained model of a run: its backbone rebuilt from config.json, its trained part loaded."""
+def reduced_at_inference(cfg: RunConfig, reduction: str, keep_rate: Optional[float] = None,
+                         tome_r: Optional[int] = None) -> RunConfig:
+    """A run trained on every token, rebuilt with a token reduction for inference: the same trained
+    weights under the same names (Dense Adapters alone become Sparse-Tuning; any other method is
+    reduced first, as a --reduction at training would)."""
+    from ..methods import method_config
+
+    if cfg.sparse_tuning is not None and not cfg.sparse_tuning.keeps_every_token:
+        raise ValueError(f"--reduction rebuilds a run trained on every token; this one already reduces tokens "
+                         f"({cfg.sparse_tuning.describe_reduction()}): --keep-rate changes its rate")
+    method, fields = cfg.method, {"reduction": reduction}
+    if cfg.method == "da-only":  # the same Dense Adapters, now with the reduction between them
+        method = "sparse-tuning"
+        fields.update({k: v for k, v in cfg.sparse_tuning.to_dict().items()
+                       if k not in ("keep_rate", "reduction", "tome_r", "adapters")})
+    if tome_r is not None:
+        fields["tome_r"] = [tome_r]
+    return dataclasses.replace(cfg, method=method, sparse_tuning=method_config(method, keep_rate, **fields))
+
+
+def load_run(run_dir: str | Path, keep_rate: Optional[float] = None, reduction: Optional[str] = None,
+             tome_r: Optional[int] = None) -> tuple[nn.Module, RunConfig]:
+    """The trained model of a run: its backbone rebuilt from config.json, its trained part loaded;
+    with ``reduction``, a run trained on every token is rebuilt with that reduction (train dense,
+    reduce at inference)."""
     cfg = read_run_config(run_dir)
+    if reduction not in (None, "none"):
+        cfg = reduced_at_inference(cfg, reduction, keep_rate, tome_r)
+        keep_rate = None  # in the config already
+    elif tome_r is not None:
+        raise ValueError("--tome-r goes with --reduction tome")
     weights = Path(run_dir) / "trainable.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: the run has not finished (resume it with --resume)")
@@ -198,7 +250,8 @@ def load_eval_data(model: nn.Module, cfg: RunConfig, data: Optional[str] = None)
 
 
 def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optional[float] = None,
-             device: str = "auto", batch_size: int = 128, write: bool = True, compile: bool = False) -> dict[str, Any]:
+             device: str = "auto", batch_size: int = 128, write: bool = True, compile: bool = False,
+             reduction: Optional[str] = None, tome_r: Optional[int] = None) -> dict[str, Any]:
     """Evaluate a trained run (on its data or on ``data``); with ``write``, the result goes to
     RUN_DIR/eval-SPLIT[-keepRATE][-DATA].json, DATA a short hash of another data spec, so an
     evaluation on other data never overwrites one on the run's."""
@@ -206,7 +259,7 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
 
     from ..files import atomic_write_bytes
 
-    model, cfg = load_run(run_dir, keep_rate)
+    model, cfg = load_run(run_dir, keep_rate, reduction, tome_r)
     device = resolve_device(device)
     images = load_eval_data(model, cfg, data)
     result = evaluate(compiled(model.to(device), compile, cfg.train.compile_backend), images.eval, batch_size, device,
@@ -214,8 +267,11 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
     st = getattr(model, "sparse_tuning", None)
     spec = absolute_spec(data) if data else cfg.data
     result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0, data=spec)
+    if reduction not in (None, "none"):
+        result["reduction"] = cfg.sparse_tuning.describe_reduction()
     if write:
-        name = f"eval-{result['split']}" + (f"-keep{keep_rate}" if keep_rate is not None else "")
+        name = f"eval-{result['split']}" + (f"-{reduction}" if reduction not in (None, "none") else "") \
+            + (f"-r{tome_r}" if tome_r is not None else "") + (f"-keep{keep_rate}" if keep_rate is not None else "")
         if spec != cfg.data:
             name += "-" + hashlib.sha1(spec.encode()).hexdigest()[:8]
         result["file"] = str(Path(run_dir) / f"{name}.json")

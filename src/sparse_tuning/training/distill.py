@@ -1,0 +1,77 @@
+"""Accuracy recovery for token-reducing models by distillation: a KL term that pulls the
+reduced model's logits towards a teacher's, beside the cross-entropy.
+
+- self-distillation (``self_distill``, DyT's recipe): the teacher is the same model with every
+  token kept, computed under ``no_grad`` in the same step: the reduced pass learns what the
+  full pass would say, at the cost of one more forward (no backward) per step;
+- a trained run as teacher (``teacher``: any method's run folder, e.g. LoRA on every token),
+  frozen, in evaluation mode, also under ``no_grad``.
+
+Both may be on at once; each adds ``weight * T^2 * KL(teacher || student)`` at temperature T
+(Hinton et al.: T^2 keeps the gradient's scale as T changes).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..hosts import logits_of
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch."""
+    t = float(temperature)
+    return F.kl_div(F.log_softmax(student.float() / t, -1), F.log_softmax(teacher.float() / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+@contextmanager
+def every_token(model: nn.Module) -> Iterator[None]:
+    """The model with its token reduction off (keep rate 1, ToMe r 0), restored afterwards."""
+    st = getattr(model, "sparse_tuning", None)
+    if st is None:
+        raise ValueError("self-distillation needs a model that reduces tokens (--method sparse-tuning or a --reduction)")
+    saved = st.config.keep_rate, st.config.tome_r
+    st.config.keep_rate, st.config.tome_r = 1.0, (0,)
+    try:
+        yield
+    finally:
+        st.config.keep_rate, st.config.tome_r = saved
+
+
+class Distillation:
+    """The distillation terms of one run: ``loss(model, images, logits)`` after the student's
+    forward (its teachers' passes run inside, without gradients)."""
+
+    def __init__(self, self_weight: float = 0.0, teacher: Optional[nn.Module] = None, teacher_weight: float = 0.0,
+                 temperature: float = 1.0) -> None:
+        self.self_weight, self.teacher, self.teacher_weight = self_weight, teacher, teacher_weight
+        self.temperature = temperature
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def describe(self) -> str:
+        parts = ([f"self (every-token pass, weight {self.self_weight:g})"] if self.self_weight else []) + \
+                ([f"teacher run (weight {self.teacher_weight:g})"] if self.teacher is not None else [])
+        return (" + ".join(parts) + f", temperature {self.temperature:g}; one more forward per step per teacher, "
+                "without gradients")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.self_weight) or self.teacher is not None
+
+    def loss(self, model: nn.Module, images: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+        total = student.new_zeros(())
+        if self.self_weight:
+            with torch.no_grad(), every_token(model):
+                full = logits_of(model(images))
+            total = total + self.self_weight * distill_loss(student, full, self.temperature)
+        if self.teacher is not None:
+            with torch.no_grad():
+                taught = logits_of(self.teacher(images))
+            total = total + self.teacher_weight * distill_loss(student, taught, self.temperature)
+        return total
