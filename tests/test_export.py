@@ -90,6 +90,10 @@ def test_visualize(run, tmp_path):
     assert main(["visualize", "--run", str(run_dir), *images, "--out", str(tmp_path)]) == 0
     with Image.open(tmp_path / "kept_tokens.png") as img:
         assert img.width > img.height > 200  # four columns (input, three steps), two rows
+    # a folder reads as its images, as predict reads it: class_1's two, two rows as above
+    assert main(["visualize", "--run", str(run_dir), str(folder / "val" / "class_1"), "--out", str(tmp_path / "f")]) == 0
+    with Image.open(tmp_path / "f" / "kept_tokens.png") as img, Image.open(tmp_path / "kept_tokens.png") as two:
+        assert img.size == two.size
 
 
 def test_step_titles_count_tokens_as_by_hand():

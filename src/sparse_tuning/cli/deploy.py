@@ -37,7 +37,7 @@ def add_commands(sub) -> None:
     p.add_argument("--run", default=None, help="a trained run folder")
     p.add_argument("--model", default=None, help="or a model name: the pre-trained backbone, nothing trained")
     add_model_options(p, ["weights", "img_size"])
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders of them")
     p.add_argument("--out", default=".", help="folder for kept_tokens.png (default: %(default)s)")
     p.add_argument("--keep-rate", type=float, default=None, help="share of tokens kept per step (default: the run's, "
                                                                  "or 0.7 with --model)")

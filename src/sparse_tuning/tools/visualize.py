@@ -178,12 +178,13 @@ def visualize_images(image_paths: Sequence[str | Path], out_dir: str | Path, run
                      keep_rate: Optional[float] = None) -> Path:
     """kept_tokens.png of the user's images: with a trained run, or with a pre-trained backbone
     (``model`` by name) that sparsifies tokens with nothing trained."""
-    from ..data.images import augment_mode, make_transforms, parse_data_spec, read_user_image
+    from ..data.images import augment_mode, make_transforms, parse_data_spec, read_user_image, user_image_paths
     from ..training.run import load_run, pretrained_with_sparsification
 
     if (run is None) == (model is None):
         raise ValueError("visualize needs --run RUN_DIR (a trained run) or --model NAME (a pre-trained backbone "
                          "with token sparsification, nothing trained), not both")
+    image_paths = user_image_paths(image_paths)  # files as given, folders as their images (as predict reads them)
     images = [read_user_image(p) for p in image_paths]  # every file checked before any work
     if run is not None:
         if weights or img_size:
