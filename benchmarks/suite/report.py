@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import compare
-from suite import BENCH_ROW, CONFIGS, MODEL, TEACHER_ROW, TRAINED_AS
+from suite import BENCH_ROW, CONFIGS, MODEL, TEACHER_ROW, TRAINED_AS, seeds_of
 
 
 def keeps_every_token(name: str) -> bool:
@@ -98,6 +98,7 @@ def phase_report(args, argv: list[str]) -> None:
                                         "the same for every task; a self-distilling step adds its teacher's "
                                         "forward (the every-token model's inference at the same batch)")
     meta["command"] = "python benchmarks/suite/suite.py " + " ".join(argv)
+    meta["planned_runs"] = len(args.tasks) * sum(len(seeds_of(args, n)) for n in args.configs)
     results = {"tasks": tasks, "suite": suite, "meta": meta}
     compare.write_results(args.out, results, markdown(results), {"frontier.png": plot_frontier})
 
@@ -123,10 +124,13 @@ def markdown(results: dict[str, Any]) -> str:
              f"{meta['img_size']}x{meta['img_size']} input; per task {meta['train_samples']} training images and "
              f"a fixed held-out test split of {meta['eval_samples']}; {meta['epochs']} epochs, batch "
              f"{meta['batch_size']}; learning rate: {meta['lr_choice']}. Timing: {meta['timing']}.", "",
-             f"Suite mean: per seed, the mean over the tasks; then mean ± sd over seeds. The last column is the "
-             f"paired difference to **{ref}** (the best parameter-efficient configuration that keeps every "
-             "token), seed by seed, with a paired t-test at 95% (*tie*: inside the seed noise, which is not "
-             "evidence of equality).", "",
+             f"**{progress_text(results)}**", "",
+             "Suite mean: per seed, the mean over the tasks; then mean ± sd over seeds. The last column is the "
+             + (f"paired difference to **{ref}** (the best parameter-efficient configuration that keeps every "
+                "token)" if ref else "paired difference to the best parameter-efficient configuration that keeps "
+                "every token, once one has every task")
+             + ", seed by seed, with a paired t-test at 95% (*tie*: inside the seed noise, which is not "
+             "evidence of equality). A configuration without every task has no suite mean.", "",
              "| configuration | every token | suite top-1 | seeds | " + " | ".join(tasks) +
              " | GFLOPs | img/s (b32) | img/s (b1) | train s/epoch | vs reference |",
              "|---|:-:|---:|---:|" + "---:|" * len(tasks) + "---:|---:|---:|---:|---|"]
@@ -153,6 +157,16 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{t['methods'][name]['lr']:g}" if name in t["methods"] else "—"
                                                  for t in tasks.values()) + " |")
     return "\n".join(lines) + "\n"
+
+
+def progress_text(results: dict[str, Any]) -> str:
+    """How much of the suite the cells hold: seeds finished of those planned."""
+    meta, tasks = results["meta"], results["tasks"]
+    done = sum(len(m["top1"]) for t in tasks.values() for m in t["methods"].values())
+    planned = meta["planned_runs"]
+    return ("Complete." if done >= planned else
+            f"Incomplete: {done} of the {planned} seed runs are done ({len(results['suite'])} configurations have "
+            "every task); the suite continues where it stopped (see README.md).")
 
 
 def plot_frontier(results: dict[str, Any], path: Path) -> None:
