@@ -100,16 +100,7 @@ def test_gradient_accumulation_matches_one_big_batch(folder, tmp_path):
 def test_keep_rate_warmup_anneals_training_forwards_and_not_evaluation(folder, tmp_path, monkeypatch):
     """The rate each forward ran at: training ones follow 1 -> 0.7 over the warmup's 6 steps
     (3 steps per epoch, 2 epochs), worked out here by hand; every evaluation runs at 0.7."""
-    from sparse_tuning.hosts.timm_vit import SparseTuningBlocks
-
-    seen = []
-    forward = SparseTuningBlocks.forward
-
-    def spy(self, x):
-        seen.append((self.training, round(self.st.keep_rate, 6)))
-        return forward(self, x)
-
-    monkeypatch.setattr(SparseTuningBlocks, "forward", spy)
+    seen = spy_rates(monkeypatch)
     train_run(config(folder, epochs=2, keep_rate_warmup=2), tmp_path / "run")
     training = [rate for is_training, rate in seen if is_training]
     assert training == [1.0, 0.95, 0.9, 0.85, 0.8, 0.75]
@@ -214,6 +205,31 @@ def test_resume_refuses_a_checkpoint_of_another_config(folder, tmp_path):
     other = config(folder, epochs=2, st_fields={"bottleneck": 8})
     with pytest.raises(ValueError, match="another model or config"):
         train_run(other, tmp_path / "run", resume=True)
+
+
+def test_a_run_from_before_an_option_existed_resumes(folder, tmp_path):
+    """A checkpoint written before the distillation and random keep-rate options existed records
+    none of them: they stood at their defaults then, and the run resumes (it used to be refused,
+    'differs in train.distill_temperature (None then, 1.0 now)')."""
+    train_run(config(folder, epochs=1), tmp_path / "run")
+    latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
+    path = tmp_path / "run" / "checkpoints" / latest["folder"] / "state.pt"
+    state = torch.load(path, weights_only=True)
+    record = json.loads(state["run_config"])
+    for name in ("self_distill", "teacher", "teacher_weight", "distill_temperature", "keep_rate_random"):
+        del record["train"][name]
+    del record["choices"]
+    state["run_config"] = json.dumps(record)
+    torch.save(state, path)
+    assert train_run(resume_config(tmp_path / "run", epochs=2), tmp_path / "run", resume=True)["final"]["epoch"] == 1
+    # an option that did change is still refused
+    record["train"]["label_smoothing"] = 0.3
+    state["run_config"] = json.dumps(record)
+    torch.save(state, tmp_path / "run" / "checkpoints" / json.loads(
+        (tmp_path / "run" / "checkpoints" / "latest.json").read_text())["folder"] / "state.pt")
+    (tmp_path / "run" / "results.json").unlink()
+    with pytest.raises(TrainingError, match="train.label_smoothing"):
+        train_run(resume_config(tmp_path / "run", epochs=3), tmp_path / "run", resume=True)
 
 
 def test_resume_ignores_a_half_written_checkpoint(folder, tmp_path):

@@ -364,6 +364,15 @@ MACHINE_FIELDS = ("train.device", "train.num_workers", "train.log_every", "train
                   "train.compile", "train.compile_backend", "train.grad_checkpointing", "download", "data", "weights")
 
 
+def option_defaults(changeable: tuple[str, ...]) -> dict[str, Any]:
+    """Every option's default as comparable_record flattens it: what a record written before an
+    option existed ran with. (The warmup and learning rate, resolved from the run, are always
+    recorded and never taken from here.)"""
+    defaults = RunConfig(train=TrainConfig(lr=1e-3)).to_dict()
+    defaults["sparse_tuning"] = {}  # resolved per method, recorded since the first version
+    return comparable_record(defaults, changeable)
+
+
 def comparable_record(record: Any, changeable: tuple[str, ...]) -> dict[str, Any]:
     """A run config flattened to 'section.field' keys, without what a resume may change."""
     if isinstance(record, str):

@@ -25,7 +25,7 @@ from ..data.images import ImageData, SeededDataset, collate_skipping, quiet_work
 from ..hosts import host_for, logits_of
 from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, comparable_record
+from .config import TrainConfig, comparable_record, option_defaults
 from .devices import autocast, compiled, resolve_device
 from .distill import Distillation
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
@@ -157,6 +157,8 @@ class Trainer:
                                 "now); resume with the data the run was trained on")
         if self.record is not None and state.get("run_config") is not None:
             then, now = comparable_record(state["run_config"], self.changeable), comparable_record(self.record, self.changeable)
+            # An option added since the checkpoint was written stood at its default then.
+            then = {**{k: v for k, v in option_defaults(self.changeable).items() if k not in then}, **then}
             changed = sorted(k for k in set(then) | set(now) if then.get(k) != now.get(k))
             if changed:
                 k = changed[0]
