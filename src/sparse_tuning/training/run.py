@@ -206,10 +206,11 @@ def reduced_at_inference(cfg: RunConfig, reduction: str, keep_rate: Optional[flo
         raise ValueError(f"--reduction rebuilds a run trained on every token; this one already reduces tokens "
                          f"({cfg.sparse_tuning.describe_reduction()}): --keep-rate changes its rate")
     method, fields = cfg.method, {"reduction": reduction}
-    if cfg.method == "da-only":  # the same Dense Adapters, now with the reduction between them
-        method = "sparse-tuning"
+    if cfg.sparse_tuning is not None:  # the run's own settings (bottleneck, scale, blocks, merge) stay
         fields.update({k: v for k, v in cfg.sparse_tuning.to_dict().items()
                        if k not in ("keep_rate", "reduction", "tome_r", "adapters")})
+    if cfg.method == "da-only":  # the same Dense Adapters, now with the reduction between them
+        method = "sparse-tuning"
     if tome_r is not None:
         fields["tome_r"] = [tome_r]
     return dataclasses.replace(cfg, method=method, sparse_tuning=method_config(method, keep_rate, **fields))
