@@ -11,7 +11,7 @@ from sparse_tuning.cli.options import field_comments
 from sparse_tuning.data import options as data_options
 from sparse_tuning.data.images import DataSpec, augment_mode, make_transforms
 from sparse_tuning.data.options import choose_augment
-from sparse_tuning.training.config import RunConfig, TrainConfig, default_warmup, resolve_config
+from sparse_tuning.training.config import RunConfig, TrainConfig, default_warmup, load_config_file, resolve_config
 
 MODEL = ["--model", "st_vit_micro_patch4_32", "--no-pretrained"]
 
@@ -111,9 +111,18 @@ def test_a_run_prints_and_records_each_choice_with_its_reason(folder, tmp_path, 
     assert recorded["choices"] == {"lr": "default for --method linear",
                                    "warmup_epochs": "default: 10% of 2 epochs, at most 10", "schedule": "default",
                                    "augment": "auto: 24 training images; crops pay above 10,000"}
-    # a resume continues with what was chosen, and says so
-    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
-    assert "augmentation: none (auto: 24 training images" in capsys.readouterr().out
+    # a resume continues with what was chosen, and says so; a learning rate given at resume has that reason
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--lr", "0.005"]) == 0
+    out = capsys.readouterr().out
+    assert "augmentation: none (auto: 24 training images" in out and "lr 0.005 (given at resume)" in out
+    assert json.loads((run / "config.json").read_text())["choices"]["lr"] == "given at resume"
+
+
+def test_a_null_learning_rate_in_a_config_file_is_the_methods_default(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: linear\ntrain:\n  lr: null\n")
+    cfg = resolve_config(load_config_file(path))
+    assert cfg.train.lr == 1e-2 and cfg.choices["lr"] == "default for --method linear"
 
 
 def test_auto_chooses_crops_for_a_long_run_on_many_images(folder, tmp_path, monkeypatch, capsys):

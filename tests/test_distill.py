@@ -158,3 +158,57 @@ def test_distillation_mistakes_are_one_line(folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "trained on 2 classes" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_the_every_token_teacher_runs_in_evaluation_mode():
+    """Fails if the teacher pass runs in training mode: with dropout on, its logits would be a new
+    random draw each call; here the term is the KL to the model's deterministic evaluation pass,
+    and the model goes back to training mode."""
+    torch.manual_seed(0)
+    model = st.apply(tiny_vit(num_classes=3, drop_rate=0.5, proj_drop_rate=0.5), st.SparseTuningConfig(keep_rate=0.5))
+    for blk in model.blocks:
+        torch.nn.init.normal_(blk.adapter.up.weight, std=0.02)
+    x, student = torch.randn(4, 3, 32, 32), torch.randn(4, 3)
+    model.eval()
+    with torch.no_grad(), every_token(model):
+        full = model(x)
+    model.train()
+    distill = Distillation(self_weight=1.0)
+    first, second = distill.loss(model, x, student), distill.loss(model, x, student)
+    assert model.training
+    assert first.item() == pytest.approx(distill_loss(student, full, 1.0).item(), rel=1e-6) == second.item()
+
+
+def test_the_training_loop_alone_takes_self_distillation_from_its_config(folder, tmp_path):
+    """loop.Trainer without a Distillation given uses cfg.self_distill (the library path); a
+    teacher run and a random keep rate need what only the caller can give, and say so."""
+    with_term, *_ = one_step_loss(folder, tmp_path / "given", self_distill=0.5)
+    cfg = resolve_config({"model": MODEL, "pretrained": False, "data": f"folder:{folder}", "method": "sparse-tuning",
+                          "augment": "none", "sparse_tuning": {"keep_rate": 0.5},
+                          "train": {"epochs": 1, "batch_size": 24, "lr": 1e-3, "num_workers": 0, "self_distill": 0.5}})
+    data = load_data(cfg, build_model(cfg, 3))
+    model = build_model(cfg, 3)
+    for blk in model.blocks:
+        torch.nn.init.normal_(blk.adapter.up.weight, std=0.02)
+    trainer = Trainer(model, data, cfg.train, tmp_path / "run")
+    assert trainer.distill.active and trainer.distill.self_weight == 0.5
+    loss, _, _ = trainer.step(iter(trainer.loader(0)[0]))
+    assert loss == pytest.approx(with_term, rel=1e-5)
+    import dataclasses
+
+    with pytest.raises(ValueError, match="TrainConfig.teacher names a run folder"):
+        Trainer(model, data, dataclasses.replace(cfg.train, teacher=str(tmp_path)), tmp_path / "t")
+    with pytest.raises(ValueError, match="keep_rate_random are the method's schedule"):
+        Trainer(model, data, dataclasses.replace(cfg.train, keep_rate_random=0.5), tmp_path / "r")
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"train": {"teacher": "somewhere", "teacher_weight": 0}}, "teacher_weight=0 turns the --teacher term off"),
+    ({"train": {"keep_rate_random": 0.8}}, "above the keep rate 0.7 that evaluation uses"),
+    ({"train": {"keep_rate_random": 1.0}}, "keep_rate_random=1 draws only keep rate 1"),
+    ({"train": {"keep_rate_random": 0.5, "compile": True}}, "torch.compile would compile the model again"),
+])
+def test_recovery_options_that_cannot_work_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config({"model": MODEL, "pretrained": False, "method": "sparse-tuning",
+                        "sparse_tuning": {"keep_rate": 0.7}, **options})

@@ -16,13 +16,14 @@ MODEL = "st_vit_micro_patch4_32"
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     folder = make_folder(root / "ds", classes=3, train=8, val=4)
-    for method in ("lora", "da-only", "sparse-tuning"):
+    for method in ("lora", "da-only", "sparse-tuning", "adapter", "vpt"):
         assert main(["train", "--model", MODEL, "--no-pretrained", "--data", f"folder:{folder}", "--method", method,
                      "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--out", str(root / method)]) == 0
     return root
 
 
-@pytest.mark.parametrize("method,reduced_as", [("lora", "lora"), ("da-only", "sparse-tuning")])
+@pytest.mark.parametrize("method,reduced_as", [("lora", "lora"), ("da-only", "sparse-tuning"), ("adapter", "adapter"),
+                                              ("vpt", "vpt")])
 @pytest.mark.parametrize("rule,extra", [("class-attention", {"keep_rate": 0.5}), ("random", {"keep_rate": 0.5}),
                                         ("tome", {"tome_r": 4})])
 def test_a_dense_run_reduced_at_inference_is_the_reducing_model_with_its_weights(runs, method, reduced_as, rule, extra):
@@ -46,10 +47,23 @@ def test_a_dense_run_reduced_at_inference_is_the_reducing_model_with_its_weights
     assert tokens[-1][1] < tokens[0][0]  # it did reduce
 
 
-@pytest.mark.parametrize("method", ["lora", "da-only"])
+@pytest.mark.parametrize("method", ["lora", "da-only", "adapter", "vpt"])
 def test_keep_rate_1_is_the_run_itself(runs, method):
-    assert eval_run(runs / method, reduction="class-attention", keep_rate=1.0, write=False)["top1"] == \
-        eval_run(runs / method, write=False)["top1"]
+    """Logits, not only top-1: at keep rate 1 the rebuilt model is the run's model."""
+    reduced, _ = load_run(runs / method, reduction="class-attention", keep_rate=1.0)
+    plain, _ = load_run(runs / method)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(reduced(x), plain(x), atol=1e-5, rtol=0)
+
+
+def test_an_evaluation_with_the_random_rule_repeats_exactly(runs):
+    """Seeded from the run: the global generator's state before the call does not matter."""
+    torch.manual_seed(1)
+    first = eval_run(runs / "lora", reduction="random", keep_rate=0.3, write=False)
+    torch.manual_seed(2)
+    second = eval_run(runs / "lora", reduction="random", keep_rate=0.3, write=False)
+    assert first["loss"] == second["loss"] and first["top1"] == second["top1"]
 
 
 def test_reduce_at_inference_from_the_command_line_and_its_mistakes(runs, capsys):

@@ -127,12 +127,6 @@ PAIRS = [(m, r) for m in ("lora", "adaptformer", "adapter", "vpt", "linear", "fu
          for r in ("class-attention", "tome", "random")]
 
 
-def _plain_name(name: str) -> str:
-    """A reducing block holds the sequential adapter as ``ffn_adapter`` (its ``adapter`` is the
-    Dense Adapter's place); the adapter method's own blocks call it ``adapter``."""
-    return name.replace(".ffn_adapter.", ".adapter.")
-
-
 @pytest.mark.parametrize("method,reduction", PAIRS)
 def test_every_method_trains_under_every_rule_and_only_its_parameters_move(method, reduction):
     from sparse_tuning.methods import method_config, prepare
@@ -143,7 +137,7 @@ def test_every_method_trains_under_every_rule_and_only_its_parameters_move(metho
     assert model.sparse_tuning.config.reduction == reduction
     declared = {n for n, p in model.named_parameters() if p.requires_grad}
     plain = {n for n, p in prepare(tiny_vit(), method).named_parameters() if p.requires_grad}
-    assert {_plain_name(n) for n in declared} == plain  # the reduction adds no parameter and frees none
+    assert declared == plain  # the same names: the reduction adds no parameter, frees none, renames none
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     g = torch.Generator().manual_seed(0)
@@ -215,31 +209,89 @@ def _reduced(method, **rule):
 
 
 def _trained(model):
-    """Adapters and prompts off their zero or fresh start (as after training), the same draws
-    for the same parameters whatever their names."""
+    """Adapters and prompts off their zero or fresh start (as after training)."""
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        for name, p in sorted(trainable, key=lambda item: _plain_name(item[0])):
-            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.1)
     return model.double()
 
 
+def reference_adapter_vpt(vit, images, adapters=None, prompts=None):
+    """The sequential adapter (Houlsby: f + up(relu(down(f))) on each FFN output f, inside the
+    residual branch) and VPT-deep (each block's own prompts right after the class token, the
+    previous block's prompt outputs replaced; all removed before the head), written here over
+    timm's plain blocks from the papers' definitions."""
+    x = vit.norm_pre(vit._pos_embed(vit.patch_embed(images)))
+    P = vit.num_prefix_tokens
+    for i, blk in enumerate(vit.blocks):
+        if prompts is not None:
+            rest = x[:, P + (prompts.shape[1] if i else 0):]
+            x = torch.cat([x[:, :P], prompts[i].expand(x.shape[0], -1, -1), rest], dim=1)
+        x = x + blk.attn.proj(torch.nn.functional.scaled_dot_product_attention(
+            *blk.attn.qkv(blk.norm1(x)).reshape(x.shape[0], x.shape[1], 3, blk.attn.num_heads, -1)
+            .permute(2, 0, 3, 1, 4).unbind(0)).transpose(1, 2).flatten(2))
+        f = blk.mlp(blk.norm2(x))
+        if adapters is not None:
+            down, up = adapters[i]
+            f = f + torch.nn.functional.linear(torch.relu(torch.nn.functional.linear(f, *down)), *up)
+        x = x + f
+    if prompts is not None:
+        x = torch.cat([x[:, :P], x[:, P + prompts.shape[1]:]], dim=1)
+    return vit.forward_head(vit.norm(x))
+
+
 @pytest.mark.parametrize("method", ["adapter", "vpt"])
-@pytest.mark.parametrize("rule", [dict(reduction="class-attention", keep_rate=1.0),
+@pytest.mark.parametrize("rule", [None, dict(reduction="class-attention", keep_rate=1.0),
                                   dict(reduction="random", keep_rate=1.0), dict(reduction="tome", tome_r=(0,))])
-def test_adapter_and_vpt_under_a_rule_that_removes_nothing_equal_the_method_alone(method, rule, images):
-    """The adapters and prompts inside the reducing blocks compute what the method's own blocks
-    do: at keep rate 1 and r 0 the two models are one, weights and outputs."""
+def test_adapter_and_vpt_are_their_papers_with_or_without_a_rule_that_removes_nothing(method, rule, images):
+    """One implementation each, with one set of names: the method alone and under a rule that
+    removes nothing compute the reference written here, with the same trained weights."""
     from sparse_tuning.methods import prepare
 
-    plain = _trained(prepare(tiny_vit(), method))
-    reduced = _trained(_reduced(method, **rule))
-    assert {_plain_name(n): p.shape for n, p in reduced.state_dict().items()} == \
-        {n: p.shape for n, p in plain.state_dict().items()}
-    x = images.double()
-    assert torch.allclose(reduced(x), plain(x), atol=1e-12, rtol=0)
-    assert reduced.sparse_tuning.last_tokens[-1] == (65 + 10 * (method == "vpt"),) * 2
+    model = _trained(prepare(tiny_vit(), method) if rule is None else _reduced(method, **rule))
+    weights = dict(model.named_parameters())
+    plain = tiny_vit().double()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()})
+    if method == "adapter":
+        adapters = [((weights[f"blocks.{i}.ffn_adapter.down.weight"], weights[f"blocks.{i}.ffn_adapter.down.bias"]),
+                     (weights[f"blocks.{i}.ffn_adapter.up.weight"], weights[f"blocks.{i}.ffn_adapter.up.bias"]))
+                    for i in range(12)]
+        expected, names = reference_adapter_vpt(plain, images.double(), adapters=adapters), "ffn_adapter"
+    else:
+        expected, names = reference_adapter_vpt(plain, images.double(), prompts=weights["blocks.prompts"]), "prompts"
+    assert {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")} == \
+        {n for n in weights if names in n}
+    with torch.no_grad():
+        assert torch.allclose(model(images.double()), expected, atol=1e-10, rtol=0)
+    assert model.sparse_tuning.last_tokens[-1] == (65 + 10 * (method == "vpt"),) * 2
+
+
+def test_an_adapter_file_loads_with_or_without_a_reduction_and_from_before_one_implementation(tmp_path):
+    """The trainable file of an adapter run trained with a reduction loads into the method alone and
+    back; a file written when the method's own blocks named it ``blocks.N.adapter`` still loads."""
+    from sparse_tuning.methods import prepare
+    from sparse_tuning.training.checkpoint import load_trainable, save_trainable
+
+    reduced = _trained(_reduced("adapter", reduction="class-attention", keep_rate=0.5)).float()
+    save_trainable(reduced, tmp_path / "a.safetensors", {})
+    alone = prepare(tiny_vit(), "adapter")
+    load_trainable(alone, tmp_path / "a.safetensors")
+    assert all(torch.equal(p, dict(reduced.named_parameters())[n]) for n, p in alone.named_parameters()
+               if p.requires_grad)
+    save_trainable(alone, tmp_path / "b.safetensors", {})
+    again = _reduced("adapter", reduction="tome", tome_r=(2,))
+    load_trainable(again, tmp_path / "b.safetensors")
+    assert all(torch.equal(p, dict(reduced.named_parameters())[n]) for n, p in again.named_parameters()
+               if p.requires_grad)
+    from safetensors.torch import load_file, save_file
+
+    old = {k.replace(".ffn_adapter.", ".adapter."): v for k, v in load_file(str(tmp_path / "a.safetensors")).items()}
+    save_file(old, str(tmp_path / "old.safetensors"))
+    fresh = prepare(tiny_vit(), "adapter")
+    load_trainable(fresh, tmp_path / "old.safetensors")
+    assert torch.equal(fresh.blocks[4].ffn_adapter.up.weight, reduced.blocks[4].ffn_adapter.up.weight)
 
 
 @pytest.mark.parametrize("rule", [dict(reduction="class-attention", keep_rate=0.5),
@@ -289,7 +341,7 @@ def test_vpt_prompts_are_not_lost_to_a_later_apply_or_an_adapter_file(tmp_path):
     which holds Dense Adapters and the head, refuses a model that trains other weights."""
     from sparse_tuning.methods import prepare
 
-    with pytest.raises(ValueError, match="PromptedBlocks"):
+    with pytest.raises(ValueError, match="already has a method's adapters or prompts"):
         st.apply(prepare(tiny_vit(), "vpt"))
     for method in ("vpt", "adapter"):
         with pytest.raises(ValueError, match="also trains blocks"):

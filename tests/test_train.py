@@ -77,16 +77,25 @@ def test_trains_learns_and_writes_the_run(folder, tmp_path):
         assert all(".adapter." in k or k.startswith("head.") for k in f.keys())
 
 
-def test_only_trainable_parameters_change(folder, tmp_path):
-    import timm
-    cfg = config(folder, epochs=1)
-    train_run(cfg, tmp_path / "run")
-    torch.manual_seed(0)
-    fresh = timm.create_model(MODEL, num_classes=3)
-    model, _ = load_run(tmp_path / "run")
-    for name, p in fresh.state_dict().items():
-        if not name.startswith("head."):
-            assert torch.equal(p, model.state_dict()[name]), name
+@pytest.mark.parametrize("method", ["sparse-tuning", "lora"])
+def test_only_trainable_parameters_change(folder, tmp_path, method):
+    """Every parameter of the model that trained, before and after: the frozen ones hold their
+    exact values and every trainable one moved. Fails if anything writes to the backbone during
+    training (e.g. an optimizer group or an in-place op reaching the qkv weights)."""
+    from sparse_tuning.training.loop import Trainer
+    from sparse_tuning.training.run import build_model, load_data
+
+    cfg = config(folder, method=method, epochs=1)
+    model = build_model(cfg, 3)
+    data = load_data(cfg, model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trains = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trains and len(trains) < len(before)
+    Trainer(model, data, cfg.train, tmp_path / "run", hook=st.methods.get_method(method).train_hook).run()
+    after = dict(model.named_parameters())
+    assert set(after) == set(before)
+    for name, p in after.items():
+        assert torch.equal(p, before[name]) != (name in trains), name
 
 
 def test_gradient_accumulation_matches_one_big_batch(folder, tmp_path):
@@ -108,6 +117,33 @@ def test_keep_rate_warmup_anneals_training_forwards_and_not_evaluation(folder, t
     logged = [l["keep_rate"] for l in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
               if "keep_rate" in l]
     assert logged == [1.0, 0.95, 0.9, 0.85, 0.8, 0.75]  # log_every=1: the rate of each step
+
+
+@pytest.mark.parametrize("method,fields,logged", [
+    ("lora", {"reduction": "class-attention", "keep_rate": 0.7}, {"keep_rate": 0.7}),
+    ("adapter", {"reduction": "random", "keep_rate": 0.5}, {"keep_rate": 0.5}),
+    ("sparse-tuning", {"keep_rate": 0.6}, {"keep_rate": 0.6}),
+    ("sparse-tuning", {"reduction": "tome", "tome_r": [4]}, {}),
+    ("lora", {}, {"keep_rate": 1.0}),
+    ("linear", {}, {"keep_rate": 1.0}),
+])
+def test_the_metrics_log_the_models_own_token_reduction(folder, tmp_path, method, fields, logged):
+    """The keep rate each logged step ran at, for every method (it was 1.0 for every method but
+    Sparse-Tuning), and the share of the sequence that reached the last block, counted by hand:
+    8x8 = 64 patches and the class token; class-attention at blocks 3, 6, 9 keeps ceil(rate x M)
+    and fuses the rest into one token; ToMe merges 4 tokens in each of the 12 blocks."""
+    train_run(config(folder, method=method, st_fields=fields, epochs=1), tmp_path / "run")
+    steps = [l for l in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+             if "split" not in l]
+    assert steps and all({k: l.get(k) for k in logged} == logged for l in steps)
+    assert all(("keep_rate" in l) == bool(logged) for l in steps)
+    tokens = 64
+    if "keep_rate" in fields:
+        for _ in range(3):  # the last block (11) reads what block 9's step left
+            tokens = math.ceil(fields["keep_rate"] * tokens - 1e-6) + 1
+    elif fields.get("reduction") == "tome":
+        tokens = 64 - 4 * 11
+    assert all(l["tokens_last_block"] == pytest.approx((1 + tokens) / 65) for l in steps)
 
 
 def test_keep_rate_schedules_are_refused_where_no_keep_rate_exists(folder):
@@ -221,6 +257,11 @@ def test_a_run_from_before_an_option_existed_resumes(folder, tmp_path):
     del record["choices"]
     state["run_config"] = json.dumps(record)
     torch.save(state, path)
+    written = json.loads((tmp_path / "run" / "config.json").read_text())  # config.json of that time too
+    for name in ("self_distill", "teacher", "teacher_weight", "distill_temperature", "keep_rate_random"):
+        del written["train"][name]
+    del written["choices"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(written))
     assert train_run(resume_config(tmp_path / "run", epochs=2), tmp_path / "run", resume=True)["final"]["epoch"] == 1
     # an option that did change is still refused
     record["train"]["label_smoothing"] = 0.3

@@ -125,13 +125,15 @@ def test_multi_view_logits_are_averaged_and_frames_layout_averages_features():
 
 @pytest.mark.parametrize("layout,kind,spec", [("joint", "mp4", "kinetics"), ("frames", "folder", "frames"),
                                               ("joint", "mp4", "ssv2")])
-def test_trains_in_each_layout(tmp_path, layout, kind, spec):
+def test_trains_in_each_layout(tmp_path, layout, kind, spec, capsys):
     root = make_video_root(tmp_path / "data", kind=kind, per_class=2)
     out = tmp_path / "run"
     assert main(["train", "--model", "st_vit_micro_patch4_32", "--no-pretrained", "--data", f"{spec}:{root}",
                  "--out", str(out), "--frames", "4", "--video-tokens", layout, "--sampling-rate", "2",
                  "--test-clips", "2", "--test-crops", "1", "--epochs", "2", "--batch-size", "2",
                  "--num-workers", "0"]) == 0
+    flipped = ", flipped at random" if spec != "ssv2" else ""  # a flip changes SSv2's "left" and "right"
+    assert f"augmentation: the video recipe (a random clip and crop{flipped})\n" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert results["final"]["images"] == 4
     names = set(json.loads((out / "config.json").read_text())["video"])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import compare
-from suite import BENCH_ROW, CONFIGS, MODEL, TEACHER_ROW, TRAINED_AS, seeds_of
+from suite import BENCH_ROW, CONFIGS, MODEL, ONLY_TASKS, TEACHER_ROW, TRAINED_AS, seeds_of, tasks_of
 
 
 def keeps_every_token(name: str) -> bool:
@@ -98,7 +98,7 @@ def phase_report(args, argv: list[str]) -> None:
                                         "the same for every task; a self-distilling step adds its teacher's "
                                         "forward (the every-token model's inference at the same batch)")
     meta["command"] = "python benchmarks/suite/suite.py " + " ".join(argv)
-    meta["planned_runs"] = len(args.tasks) * sum(len(seeds_of(args, n)) for n in args.configs)
+    meta["planned_runs"] = sum(len(tasks_of(args, n)) * len(seeds_of(args, n)) for n in args.configs)
     results = {"tasks": tasks, "suite": suite, "meta": meta}
     compare.write_results(args.out, results, markdown(results), {"frontier.png": plot_frontier})
 
@@ -142,7 +142,7 @@ def markdown(results: dict[str, Any]) -> str:
             r = t["methods"].get(name)
             per_task.append(f"{statistics.mean(r['top1']):.1f}" if r else "—")
         mean = f"{s['top1_mean']:.1f} ± {s['top1_sd']:.1f}" if s and math.isfinite(s["top1_sd"]) else \
-            (f"{s['top1_mean']:.1f}" if s else "incomplete")
+            (f"{s['top1_mean']:.1f}" if s else "some tasks only" if name in ONLY_TASKS else "incomplete")
         vs = (s or {}).get("vs_reference")
         verdict = (f"{vs['mean_difference']:+.2f} ± {vs['sd']:.2f}: {vs['verdict']}, "
                    f"{vs['throughput_ratio_32']:.2f}x its speed") if vs else ("reference" if name == ref else "—")

@@ -79,6 +79,20 @@ def set_keep_rate(model: nn.Module, keep_rate: float, method: str = "") -> None:
     st.keep_rate = keep_rate
 
 
+def token_metrics(model: nn.Module) -> dict[str, float]:
+    """What the model's token reduction does now, read from the model (any method, any rule):
+    ``keep_rate``, the rate its keep-rate rule runs at (1.0 for a model that keeps every token;
+    absent under ToMe, which has none), and after a forward ``tokens_last_block``, the share of the
+    first block's input sequence that entered the last block."""
+    st = getattr(host_for(model).image_model(model), "sparse_tuning", None)
+    if st is None:
+        return {"keep_rate": 1.0, "tokens_last_block": 1.0}
+    out = {} if st.config.reduction == "tome" else {"keep_rate": st.keep_rate if st.sparsify_at else 1.0}
+    if st.last_tokens:
+        out["tokens_last_block"] = st.last_tokens[-1][0] / st.last_tokens[0][0]
+    return out
+
+
 def count_params(model: nn.Module) -> tuple[int, int]:
     """(total, trainable) parameter counts."""
     total = sum(p.numel() for p in model.parameters())

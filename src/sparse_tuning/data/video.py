@@ -219,4 +219,5 @@ def load_video_data(kind: str, path: str, opts: ClipPlan, strict: bool = False, 
     num_classes = 1 + max(label for _, label in train + ev)
     return ImageData(SafeDataset(VideoDataset(train, opts, True, mean, std), strict),
                      SafeDataset(VideoDataset(ev, opts, False, mean, std), strict),
-                     num_classes, [str(i) for i in range(num_classes)], "val")
+                     num_classes, [str(i) for i in range(num_classes)], "val",
+                     augment=f"the video recipe (a random clip and crop{', flipped at random' if opts.flip else ''})")

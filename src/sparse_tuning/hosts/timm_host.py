@@ -194,13 +194,7 @@ class TimmHost(Host):
         return ["qkv"]
 
     def set_grad_checkpointing(self, model: nn.Module, enable: bool = True) -> None:
-        from .timm_baselines import PromptedBlocks
-
-        model = self.image_model(model)
-        if isinstance(model.blocks, PromptedBlocks):
-            model.blocks.grad_checkpointing = enable
-        else:
-            model.set_grad_checkpointing(enable)  # timm's; ours once Sparse-Tuning patched the model
+        self.image_model(model).set_grad_checkpointing(enable)  # timm's; ours once Sparse-Tuning patched the model
 
     def video_model(self, model: nn.Module, frames: int, layout: str, tubelet: int) -> nn.Module:
         from .timm_video import VideoViT

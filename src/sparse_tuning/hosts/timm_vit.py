@@ -5,7 +5,7 @@ submodule and state-dict key; each block gains one new submodule, ``adapter``. T
 ``model.blocks`` container changes class too, so one forward call owns the per-forward state
 (earlier adapter outputs, the sparsification steps taken) instead of hiding it in the modules.
 
-Two comparison methods run inside these blocks when they take a token reduction
+Two comparison methods run inside these blocks, with or without a token reduction
 (timm_baselines.py): the sequential adapter as ``ffn_adapter`` on each FFN's output, and
 VPT-deep's prompts as ``model.blocks.prompts``, protected prefix tokens that no rule removes.
 """
@@ -71,7 +71,7 @@ class SparseTuningBlock(Block):
     st_dense_inputs: tuple[int, ...]   # the distances d (n >= d) whose adapters feed this one
     st: SparseTuningState
     adapter: Optional[DenseAdapter]
-    ffn_adapter: Optional[nn.Module]   # --method adapter under a reduction: on the FFN's output
+    ffn_adapter: Optional[nn.Module]   # --method adapter: on the FFN's output
 
     def forward(self, x: torch.Tensor, history: Optional[tuple[AdapterInput, ...]] = None,
                 size: Optional[torch.Tensor] = None, **kwargs):
@@ -109,7 +109,8 @@ class SparseTuningBlock(Block):
             # Earlier adapter outputs follow the tokens: the same kept indices and merge weights.
             history = tuple(follow(a, step, st.num_prefix) for a in history)
         ffn = self.ls2(self.mlp(self.norm2(x)))
-        if getattr(self, "ffn_adapter", None) is not None:  # getattr: blocks pickled before it existed  # Houlsby's place: inside the residual branch, after the FFN
+        # Houlsby's place: inside the residual branch, after the FFN (getattr: blocks pickled before it existed)
+        if getattr(self, "ffn_adapter", None) is not None:
             ffn = ffn + self.ffn_adapter(ffn)
         out = x + self.drop_path2(ffn)
         if self.adapter is not None:
@@ -141,7 +142,7 @@ class SparseTuningBlocks(nn.Sequential):
     taken out after the last block, so pooling and head see the usual sequence."""
 
     st: SparseTuningState
-    prompts: Optional[nn.Parameter]    # (depth, n, C): --method vpt under a reduction
+    prompts: Optional[nn.Parameter]    # (depth, n, C): --method vpt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.st
@@ -179,6 +180,9 @@ def check_supported(model: nn.Module, plain_blocks: bool = True) -> None:
     """Raise ValueError naming why a model cannot take Sparse-Tuning. plain_blocks=False: the
     blocks may be a comparison method's (the video wrapper only calls them in order)."""
     if isinstance(getattr(model, "sparse_tuning", None), SparseTuningState):
+        if model.blocks.prompts is not None or any(blk.ffn_adapter is not None for blk in model.blocks):
+            raise ValueError("this model already has a method's adapters or prompts (--method adapter or vpt); "
+                             "apply one method, to a fresh model")
         raise ValueError("Sparse-Tuning is already applied to this model; apply it once, to a fresh model")
     if not isinstance(model, VisionTransformer):
         raise ValueError(

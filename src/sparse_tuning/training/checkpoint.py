@@ -66,6 +66,16 @@ def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str]) -> No
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
+def _renamed(name: str, params: dict[str, nn.Parameter]) -> str:
+    """A name of an older run's file as the model now has it: the sequential adapter's own blocks
+    (before it had one implementation) called it ``blocks.N.adapter``, now ``blocks.N.ffn_adapter``."""
+    if name not in params:
+        newer = re.sub(r"(blocks\.\d+)\.adapter\.", r"\1.ffn_adapter.", name, count=1)
+        if newer in params:
+            return newer
+    return name
+
+
 def load_trainable(model: nn.Module, path: Path) -> None:
     """Load what save_trainable wrote; the names and shapes must be exactly the model's."""
     try:
@@ -75,6 +85,7 @@ def load_trainable(model: nn.Module, path: Path) -> None:
     params = _trainable(model)
     if set(tensors) != set(params) and set(tensors) == set(_trainable(model, by_file_name=False)):
         params = _trainable(model, by_file_name=False)  # written with the model's own names
+    tensors = {_renamed(k, params): t for k, t in tensors.items()}
     if set(tensors) != set(params) or any(tensors[k].shape != params[k].shape for k in params):
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         raise ValueError(f"{path} is from another model or config "

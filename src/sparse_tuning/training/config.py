@@ -239,6 +239,8 @@ def resolve_config(*layers: dict[str, Any]) -> RunConfig:
                 merged[key].update(value)
             else:
                 merged[key] = value
+    if merged["train"].get("lr", 0) is None:  # "lr: null" in a config file: the method's default
+        del merged["train"]["lr"]
     given = set(merged["train"])
     preset = merged.get("preset")
     if preset is not None:
@@ -302,6 +304,22 @@ def check_run_config(cfg: RunConfig) -> None:
     if cfg.train.self_distill and (cfg.sparse_tuning is None or cfg.sparse_tuning.keeps_every_token):
         raise ValueError(f"self_distill distils the every-token pass into a model that reduces tokens; --method "
                          f"{cfg.method} keeps every token here (give it a --reduction, or use --method sparse-tuning)")
+    if cfg.train.teacher and not cfg.train.teacher_weight:
+        raise ValueError("teacher_weight=0 turns the --teacher term off; give it a weight > 0, or no --teacher")
+    if cfg.is_video and cfg.augment != "auto":
+        raise ValueError(f"--augment {cfg.augment} is for images; a video run samples and crops its clips by the "
+                         "video recipe (--frames and its options)")
+    low = cfg.train.keep_rate_random
+    if low and cfg.sparse_tuning is not None and not cfg.sparse_tuning.keeps_every_token:
+        if low >= 1:
+            raise ValueError("keep_rate_random=1 draws only keep rate 1: training on every token; to train dense "
+                             "and reduce at inference, train without a reduction and give eval --reduction")
+        if low > cfg.sparse_tuning.keep_rate:
+            raise ValueError(f"keep_rate_random={low:g} draws keep rates in [{low:g}, 1], above the keep rate "
+                             f"{cfg.sparse_tuning.keep_rate:g} that evaluation uses; give at most --keep-rate")
+        if cfg.train.compile:
+            raise ValueError("keep_rate_random changes the number of tokens at every step, and torch.compile "
+                             "would compile the model again for each; leave out --compile")
     schedule = [f for f in ("keep_rate_warmup", "keep_rate_random") if getattr(cfg.train, f)]
     st = cfg.sparse_tuning
     if schedule and (st is None or st.keeps_every_token or st.reduction == "tome"):

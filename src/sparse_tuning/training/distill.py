@@ -2,7 +2,7 @@
 reduced model's logits towards a teacher's, beside the cross-entropy.
 
 - self-distillation (``self_distill``, DyT's recipe): the teacher is the same model with every
-  token kept, computed under ``no_grad`` in the same step: the reduced pass learns what the
+  token kept, in evaluation mode, computed under ``no_grad`` in the same step: the reduced pass learns what the
   full pass would say, at the cost of one more forward (no backward) per step;
 - a trained run as teacher (``teacher``: any method's run folder, e.g. LoRA on every token),
   frozen, in evaluation mode, also under ``no_grad``.
@@ -43,6 +43,18 @@ def every_token(model: nn.Module) -> Iterator[None]:
         st.config.keep_rate, st.config.tome_r = saved
 
 
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """The model as inference runs it (dropout and stochastic depth off), its mode restored after:
+    the every-token teacher is the model a user would deploy, not a noisy draw of it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 class Distillation:
     """The distillation terms of one run: ``loss(model, images, logits)`` after the student's
     forward (its teachers' passes run inside, without gradients)."""
@@ -67,7 +79,7 @@ class Distillation:
     def loss(self, model: nn.Module, images: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
         total = student.new_zeros(())
         if self.self_weight:
-            with torch.no_grad(), every_token(model):
+            with torch.no_grad(), every_token(model), evaluation_mode(model):
                 full = logits_of(model(images))
             total = total + self.self_weight * distill_loss(student, full, self.temperature)
         if self.teacher is not None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from ..api import count_params
+from ..api import token_metrics
 from ..data.images import ImageData, SeededDataset, collate_skipping, quiet_worker, worker_batches
 from ..hosts import host_for, logits_of
 from ..methods.base import TrainHook
@@ -31,7 +31,7 @@ from .distill import Distillation
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
 from .errors import Interrupted, TrainingError
 from .evaluate import evaluate, top5_text
-from .progress import MetricsLog, Progress
+from .progress import MetricsLog, Progress, opening_summary, schedule_warnings
 from ..text import count
 
 
@@ -70,7 +70,7 @@ class Trainer:
         warmup, schedule and augmentation have their values (the opening summary prints them)."""
         self.model, self.data, self.cfg, self.run_dir, self.log = model, data, cfg, Path(run_dir), log
         self.choices = choices or {}
-        self.distill = distill or Distillation()
+        self.distill = distill or Distillation(cfg.self_distill, temperature=cfg.distill_temperature)
         if cfg.lr is None:
             raise ValueError("TrainConfig.lr is unset: resolve_config fills in the method's default")
         self.metadata, self.record, self.changeable = metadata or {}, record, changeable
@@ -88,8 +88,12 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
-        if hook is None and cfg.keep_rate_warmup:
-            raise ValueError("keep_rate_warmup is the method's schedule: pass hook=get_method(name).train_hook")
+        if hook is None and (cfg.keep_rate_warmup or cfg.keep_rate_random):
+            raise ValueError("keep_rate_warmup and keep_rate_random are the method's schedule: pass "
+                             "hook=get_method(name).train_hook")
+        if distill is None and cfg.teacher:
+            raise ValueError("TrainConfig.teacher names a run folder: pass distill=Distillation(..., teacher=the "
+                             "loaded model) (training.run does)")
         if cfg.amp == "fp16" and not self.device.startswith("cuda"):
             raise ValueError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
         self.hook = hook(model, cfg, self.steps_per_epoch) if hook is not None else TrainHook()
@@ -168,27 +172,6 @@ class Trainer:
         if state["step"] > self.total_steps:
             raise TrainingError(f"the checkpoint is at step {state['step']}, past the {count(self.cfg.epochs, 'epoch')} asked "
                                 f"({self.total_steps} steps)")
-
-    def summary(self, about: str = "") -> list[str]:
-        """What the run is about to do, before the first step."""
-        total, trainable = count_params(self.model)
-        cfg, data = self.cfg, self.data
-        return [
-            f"train: {about + ', ' if about else ''}on {self.device}"
-            + (f" ({self.d.world} processes)" if self.d.enabled else ""),
-            f"data: {len(data.train):,} training images, {len(data.eval):,} {data.eval_split} images, "
-            f"{data.num_classes} classes",
-            f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
-            f"schedule: {count(cfg.epochs, 'epoch')} x {count(self.steps_per_epoch, 'step')} of {cfg.batch_size} images; "
-            f"lr {cfg.lr:g}{self._why('lr')}, warmup {count(cfg.warmup_epochs, 'epoch')}{self._why('warmup_epochs')}, "
-            f"cosine to {cfg.min_lr:g}{self._why('schedule')}",
-            *([f"augmentation: {data.augment}{self._why('augment')}"] if getattr(data, "augment", None) else []),
-            *([f"distillation: {self.distill.describe()}"] if self.distill.active else []),
-            f"run folder: {self.run_dir}",
-        ]
-
-    def _why(self, name: str) -> str:
-        return f" ({self.choices[name]})" if name in self.choices else ""
 
     def checkpoint(self) -> None:
         if self.d.main:
@@ -288,7 +271,7 @@ class Trainer:
         cfg, d = self.cfg, self.d
         progress = Progress(self.total_steps, self.step_index, enabled=d.main, log=self.log, every=cfg.log_every)
         if d.main:
-            for line in self.summary(about) + self.warnings():
+            for line in opening_summary(self, about) + schedule_warnings(self.cfg):
                 progress.message(line)
         final: dict[str, Any] = {}
         with _StopOnSignal(self):
@@ -306,7 +289,7 @@ class Trainer:
                         progress.update(self.step_index, loss, self.step_images)
                         if self.step_index % cfg.log_every == 0 or self.step_index == self.total_steps:
                             self.metrics.write({"step": self.step_index, "epoch": epoch, "loss": loss, "lr": lr,
-                                                "images_per_s": rate, "keep_rate": 1.0, **self.hook.metrics(),
+                                                "images_per_s": rate, **token_metrics(self.model), **self.hook.metrics(),
                                                 "skipped_images": self.skipped})
                         if cfg.save_every and self.step_index % cfg.save_every == 0:
                             self.checkpoint()
@@ -358,15 +341,6 @@ class Trainer:
                           f"{self.step_index}, checkpoint saved; continue with: sparse-tuning train --resume "
                           f"{self.run_dir}")
 
-    def warnings(self) -> list[str]:
-        cfg = self.cfg
-        if cfg.warmup_epochs >= cfg.epochs:
-            return [f"warning: the learning-rate warmup ({count(cfg.warmup_epochs, 'epoch')}) is not shorter than the run "
-                    f"({count(cfg.epochs, 'epoch')}): the peak learning rate {cfg.lr:g} is never reached "
-                    "(--warmup-epochs sets it)"]
-        return []
-
-
 class _StopOnSignal:
     """Within the block, the first SIGINT / SIGTERM only asks the trainer to stop after its step
     (DataLoader workers ignore both: a Ctrl-C reaches the whole process group); a second one
@@ -399,10 +373,12 @@ class _StopOnSignal:
 
 def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
           metadata: Optional[dict[str, str]] = None, log: Callable[[str], None] = print,
-          hook: Optional[Callable[..., TrainHook]] = None, about: str = "") -> dict[str, Any]:
+          hook: Optional[Callable[..., TrainHook]] = None, about: str = "",
+          distill: Optional[Distillation] = None) -> dict[str, Any]:
     """Train ``model`` on ``data.train``, evaluate on ``data.eval``; writes into ``run_dir``.
 
-    ``hook``: the method's ``train_hook`` factory (``hook(model, cfg, steps_per_epoch)``), if any.
-    Returns {"final": eval metrics of the last epoch, "best": best top-1 and its epoch}.
+    ``hook``: the method's ``train_hook`` factory (``hook(model, cfg, steps_per_epoch)``), if any;
+    ``distill``: the distillation terms (by default ``cfg.self_distill``'s; a ``cfg.teacher`` needs
+    its loaded model here). Returns {"final": eval metrics of the last epoch, "best": best top-1 and its epoch}.
     """
-    return Trainer(model, data, cfg, run_dir, resume, metadata, log, hook).run(about)
+    return Trainer(model, data, cfg, run_dir, resume, metadata, log, hook, distill=distill).run(about)

@@ -87,3 +87,38 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def opening_summary(trainer: Any, about: str = "") -> list[str]:
+    """What a run (a ``loop.Trainer``) is about to do, before its first step; each resolved choice
+    with its reason."""
+    from ..api import count_params
+    from ..text import count
+
+    total, trainable = count_params(trainer.model)
+    cfg, data = trainer.cfg, trainer.data
+    why = lambda name: f" ({trainer.choices[name]})" if name in trainer.choices else ""
+    return [
+        f"train: {about + ', ' if about else ''}on {trainer.device}"
+        + (f" ({trainer.d.world} processes)" if trainer.d.enabled else ""),
+        f"data: {len(data.train):,} training images, {len(data.eval):,} {data.eval_split} images, "
+        f"{data.num_classes} classes",
+        f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(total, 1):.2f}%)",
+        f"schedule: {count(cfg.epochs, 'epoch')} x {count(trainer.steps_per_epoch, 'step')} of {cfg.batch_size} "
+        f"images; lr {cfg.lr:g}{why('lr')}, warmup {count(cfg.warmup_epochs, 'epoch')}{why('warmup_epochs')}, "
+        f"cosine to {cfg.min_lr:g}{why('schedule')}",
+        *([f"augmentation: {data.augment}{why('augment')}"] if getattr(data, "augment", None) else []),
+        *([f"distillation: {trainer.distill.describe()}"] if trainer.distill.active else []),
+        f"run folder: {trainer.run_dir}",
+    ]
+
+
+def schedule_warnings(cfg: Any) -> list[str]:
+    """One line for a schedule that cannot do what it says (a ``TrainConfig``)."""
+    from ..text import count
+
+    if cfg.warmup_epochs >= cfg.epochs:
+        return [f"warning: the learning-rate warmup ({count(cfg.warmup_epochs, 'epoch')}) is not shorter than the run "
+                f"({count(cfg.epochs, 'epoch')}): the peak learning rate {cfg.lr:g} is never reached "
+                "(--warmup-epochs sets it)"]
+    return []

@@ -87,7 +87,10 @@ def resume_config(run_dir: str | Path, **changes: Any) -> RunConfig:
                              f"{', '.join('--' + c.replace('_', '-') for c in RESUME_CHANGES)}, not {bad[0]}")
     if not is_run_folder(run_dir):
         raise RunFolderError(f"{run_dir} is not a run folder that train wrote (its config.json records no classes)")
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes)) if changes else cfg
+    if changes:  # the changed options' reasons follow them
+        why = {**cfg.choices, **({"lr": "given at resume"} if "lr" in changes else {}),
+               **({"schedule": "given at resume"} if "min_lr" in changes else {})}
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes), choices=why)
     _check_not_finished(run_dir, cfg)
     return cfg
 
@@ -112,56 +115,60 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, log=pri
     if main and not resume:
         check_new_folder(run_dir)
     created = main and not run_dir.exists()
-    lock = RunLock(run_dir, enabled=main)
-    try:
-        return _train_locked(cfg, run_dir, resume, log, main, lock)
-    except BaseException as e:
-        # A run refused before its first file, or stopped by a user's mistake (bad data) before
-        # its first checkpoint, leaves no trace: nothing in it could be resumed. Only the process
-        # that made the folder and held its lock removes it.
-        if created and lock.acquired and run_dir.is_dir():
-            files = {p.name for p in run_dir.iterdir()} - {".lock"}
-            checkpoints = run_dir / "checkpoints"
-            if not files or (isinstance(e, ValueError) and files <= {"config.json", "metrics.jsonl", "checkpoints"}
-                             and not (checkpoints.is_dir() and any(checkpoints.iterdir()))):
-                shutil.rmtree(run_dir)
-        raise
+    with RunLock(run_dir, enabled=main):
+        try:
+            return _train_locked(cfg, run_dir, resume, log, main)
+        except BaseException as e:
+            if created:  # removed under the lock: no other process can have started in it
+                _remove_if_nothing_to_resume(run_dir, e)
+            raise
 
 
-def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, log, main: bool, lock: RunLock) -> dict[str, Any]:
-    with lock:
-        if main:  # again under the lock: another process may have started in between
-            if resume:
-                _check_not_finished(run_dir, cfg)
-            else:
-                check_new_folder(run_dir)
-            remove_temporaries(run_dir)
-        probe = build_architecture(cfg.model, cfg.img_size)  # for its data config
-        data = load_data(cfg, probe, new_run=not resume)
-        if resume and cfg.num_classes and (data.num_classes, list(data.classes)) != (cfg.num_classes, list(cfg.classes)):
-            raise RunFolderError(f"the data changed since the run started: {data.num_classes} classes now, "
-                                 f"{cfg.num_classes} then; resume with the data the run was trained on")
-        cfg = dataclasses.replace(cfg, num_classes=data.num_classes, classes=list(data.classes))
-        if getattr(data, "augment_reason", ""):  # chosen for this run: recorded as chosen, with its reason
-            cfg = dataclasses.replace(cfg, augment=data.augment, choices={**cfg.choices, "augment": data.augment_reason})
-        model = build_model(cfg, data.num_classes)
-        method = get_method(cfg.method)
-        meta = {"method": cfg.method, "model": cfg.model}
-        distill = Distillation(cfg.train.self_distill, teacher_model(cfg, model), cfg.train.teacher_weight,
-                               cfg.train.distill_temperature)
-        trainer = Trainer(model, data, cfg.train, run_dir, resume=resume, metadata=meta, log=log,
-                          hook=method.train_hook, record=cfg.to_dict(), changeable=RESUME_CHANGES,
-                          choices=cfg.choices, distill=distill)
-        if main:  # every check passed: only now is the folder written
-            atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
-        results = trainer.run(about=f"{cfg.model}, --method {cfg.method}" + reduction_text(cfg.sparse_tuning))
-        if main:
-            save_trainable(model, run_dir / "trainable.safetensors", meta)
-            if method.saves_adapters:  # the portable file for sparse_tuning.load_adapters
-                save_adapters(host_for(model).image_model(model), run_dir / "adapters.safetensors")
-            results = {"eval_split": data.eval_split, **results,
-                       "note": "final = last epoch; best = highest top-1 over the evaluated epochs"}
-            atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
+def _remove_if_nothing_to_resume(run_dir: Path, error: BaseException) -> None:
+    """A new run refused before its first file, or stopped by a user's mistake (bad data) before
+    its first checkpoint, leaves no trace: nothing in it could be resumed."""
+    if not run_dir.is_dir():
+        return
+    files = {p.name for p in run_dir.iterdir()} - {".lock"}
+    checkpoints = run_dir / "checkpoints"
+    if not files or (isinstance(error, ValueError) and files <= {"config.json", "metrics.jsonl", "checkpoints"}
+                     and not (checkpoints.is_dir() and any(checkpoints.iterdir()))):
+        shutil.rmtree(run_dir)
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, log, main: bool) -> dict[str, Any]:
+    if main:  # again under the lock: another process may have started in between
+        if resume:
+            _check_not_finished(run_dir, cfg)
+        else:
+            check_new_folder(run_dir)
+        remove_temporaries(run_dir)
+    probe = build_architecture(cfg.model, cfg.img_size)  # for its data config
+    data = load_data(cfg, probe, new_run=not resume)
+    if resume and cfg.num_classes and (data.num_classes, list(data.classes)) != (cfg.num_classes, list(cfg.classes)):
+        raise RunFolderError(f"the data changed since the run started: {data.num_classes} classes now, "
+                             f"{cfg.num_classes} then; resume with the data the run was trained on")
+    cfg = dataclasses.replace(cfg, num_classes=data.num_classes, classes=list(data.classes))
+    if getattr(data, "augment_reason", ""):  # chosen for this run: recorded as chosen, with its reason
+        cfg = dataclasses.replace(cfg, augment=data.augment, choices={**cfg.choices, "augment": data.augment_reason})
+    model = build_model(cfg, data.num_classes)
+    method = get_method(cfg.method)
+    meta = {"method": cfg.method, "model": cfg.model}
+    distill = Distillation(cfg.train.self_distill, teacher_model(cfg, model), cfg.train.teacher_weight,
+                           cfg.train.distill_temperature)
+    trainer = Trainer(model, data, cfg.train, run_dir, resume=resume, metadata=meta, log=log,
+                      hook=method.train_hook, record=cfg.to_dict(), changeable=RESUME_CHANGES,
+                      choices=cfg.choices, distill=distill)
+    if main:  # every check passed: only now is the folder written
+        atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
+    results = trainer.run(about=f"{cfg.model}, --method {cfg.method}" + reduction_text(cfg.sparse_tuning))
+    if main:
+        save_trainable(model, run_dir / "trainable.safetensors", meta)
+        if method.saves_adapters:  # the portable file for sparse_tuning.load_adapters
+            save_adapters(host_for(model).image_model(model), run_dir / "adapters.safetensors")
+        results = {"eval_split": data.eval_split, **results,
+                   "note": "final = last epoch; best = highest top-1 over the evaluated epochs"}
+        atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
     return results
 
 
@@ -177,6 +184,10 @@ def teacher_model(cfg: RunConfig, student: nn.Module) -> Optional[nn.Module]:
         raise ValueError(f"--teacher {cfg.train.teacher} was trained on {taught.num_classes} classes "
                          f"({', '.join(taught.classes[:3])}, ...); this run has {cfg.num_classes} "
                          f"({', '.join(cfg.classes[:3])}, ...): its logits would name other classes")
+    if taught.video.frames != cfg.video.frames:
+        what = lambda frames: f"clips of {count(frames, 'frame')}" if frames else "images"
+        raise ValueError(f"--teacher {cfg.train.teacher} reads {what(taught.video.frames)}; this run reads "
+                         f"{what(cfg.video.frames)}: it sees the student's batch")
     keys = ("input_size", "mean", "std")
     mine, theirs = (host_for(m).data_config(host_for(m).image_model(m)) for m in (student, teacher))
     differ = [k for k in keys if tuple(mine[k]) != tuple(theirs[k])]
@@ -263,6 +274,7 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
     model, cfg = load_run(run_dir, keep_rate, reduction, tome_r)
     device = resolve_device(device)
     images = load_eval_data(model, cfg, data)
+    torch.manual_seed(cfg.train.seed)  # the random rule's draws: an evaluation repeats exactly
     result = evaluate(compiled(model.to(device), compile, cfg.train.compile_backend), images.eval, batch_size, device,
                       cfg.train.amp)
     st = getattr(model, "sparse_tuning", None)
