@@ -22,6 +22,20 @@ def randomize_adapters(model, std: float = 0.05, seed: int = 1) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+def nan_loss_at(monkeypatch, call: int):
+    """Plant a NaN: the training loss's ``call``-th computation (one per training step; evaluation
+    computes its own) returns NaN, the same every time. Returns the real forward, to restore it."""
+    calls = {"n": 0}
+    real_ce = torch.nn.CrossEntropyLoss.forward
+
+    def poisoned(self, logits, target):
+        calls["n"] += 1
+        loss = real_ce(self, logits, target)
+        return loss * float("nan") if calls["n"] == call else loss
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
+    return real_ce
+
+
 @pytest.fixture
 def images():
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -79,7 +79,7 @@ def test_not_an_adapter_file(tmp_path):
     junk.write_bytes(b"not safetensors at all")
     with pytest.raises(ValueError, match="not a safetensors file"):
         st.load_adapters(tiny_vit(), junk)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         st.load_adapters(tiny_vit(), tmp_path / "missing.safetensors")
 
 

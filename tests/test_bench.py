@@ -47,7 +47,7 @@ def test_bench_memory_and_run_accuracy(tmp_path, capsys):
                  "--batch-size", "8", "--rounds", "1", "--warmup", "0", "--runs", str(run),
                  "--out", str(tmp_path / "b")]) == 0
     rows = {r["method"]: r for r in json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]}
-    assert all(r["train_memory_mb"] > 0 and r["infer_memory_mb"] >= 0 for r in rows.values())
+    assert all(r["train_memory_mb"] > 0 for r in rows.values())
     # The accuracy is the run's own best top-1, and the table says which run it comes from.
     best = json.loads((run / "results.json").read_text())["best"]["top1"]
     assert rows["sparse-tuning"]["top1"] == best and rows["sparse-tuning"]["runs"] == [str(run)]
@@ -122,3 +122,17 @@ def test_a_compiled_model_computes_what_the_eager_one_does(images_of_four=None):
         got = compiled(model, True, "aot_eager")(x)
     assert torch.allclose(got, expected, atol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(st.kept_tokens(model), kept))
+
+
+def test_cpu_memory_grows_with_what_a_phase_holds():
+    """The CPU measurement (peak resident memory of a fresh process over the phase) against an
+    independent expectation: inference at batch 256 holds at least its input and one block's
+    activations more than at batch 2, 256 x 65 tokens x 64 channels x 4 bytes = 4.3 MB each,
+    and training holds more than inference."""
+    from sparse_tuning.tools.bench import BenchSetup, measure_phases
+
+    small = measure_phases(BenchSetup(MODEL, batch_size=2, device="cpu"), "sparse-tuning", ("infer",))[0]
+    big_infer, big_train = measure_phases(BenchSetup(MODEL, batch_size=256, device="cpu"), "sparse-tuning",
+                                          ("infer", "train"))
+    assert big_infer - small > 2 * 256 * 65 * 64 * 4
+    assert big_train > big_infer

@@ -93,3 +93,22 @@ def test_argument_errors_are_one_line_naming_the_closest_choice(capsys, args, li
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(line), err
     assert "usage:" not in err
+
+
+@pytest.mark.parametrize("raised,code", [("user", 2), ("bug", 1)])
+def test_a_users_mistake_is_one_line_and_a_bug_keeps_its_traceback(capsys, monkeypatch, raised, code):
+    """UserError (a user's mistake) is one line, exit 2; any other error, here a ValueError from
+    deep inside as a library would raise it, is a bug: its traceback and a request to report it."""
+    from sparse_tuning.errors import UserError
+    from sparse_tuning.tools import flops
+
+    def fail(*args, **kwargs):
+        raise UserError("keep_rate=2: expected a number in (0, 1]") if raised == "user" else ValueError("boom")
+    monkeypatch.setattr(flops, "model_cost", fail)
+    assert main(["flops", "--model", "vit_base_patch16_224"]) == code
+    err = capsys.readouterr().err
+    if raised == "user":
+        assert err == "sparse-tuning flops: error: keep_rate=2: expected a number in (0, 1]\n"
+    else:
+        assert "Traceback (most recent call last)" in err and "ValueError: boom" in err
+        assert "please report it with the traceback and the command" in err

@@ -10,15 +10,31 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
-def test_amp_training_steps_are_finite_and_train_what_they_should(tmp_path, amp):
+def test_amp_training_follows_fp32_training_and_trains_what_it_should(tmp_path, amp):
+    """The same run in fp32 and under autocast: the losses of each step agree to half precision's
+    tolerance (fails if amp diverges, or if it is silently not applied, which the step time of a
+    scaler run would not show), and only the adapters and head move."""
+    import json
+
     from sparse_tuning.training.config import resolve_config
-    from sparse_tuning.training.run import train_run
+    from sparse_tuning.training.run import build_model, load_run, train_run
 
     folder = make_folder(tmp_path / "ds", classes=3, train=8, val=4)
-    cfg = resolve_config({"model": "st_vit_micro_patch4_32", "pretrained": False, "data": f"folder:{folder}",
-                          "train": {"epochs": 1, "batch_size": 8, "amp": amp, "device": "cuda", "num_workers": 0}})
-    results = train_run(cfg, tmp_path / "run")
-    assert torch.isfinite(torch.tensor(results["final"]["loss"]))
+    losses = {}
+    for precision in ("off", amp):
+        cfg = resolve_config({"model": "st_vit_micro_patch4_32", "pretrained": False, "data": f"folder:{folder}",
+                              "train": {"epochs": 2, "batch_size": 8, "amp": precision, "device": "cuda",
+                                        "num_workers": 0, "log_every": 1}})
+        train_run(cfg, tmp_path / precision)
+        losses[precision] = [l["loss"] for l in map(json.loads, (tmp_path / precision / "metrics.jsonl")
+                                                    .read_text().splitlines()) if "lr" in l]
+    assert len(losses["off"]) == len(losses[amp]) == 6
+    assert all(abs(a - b) < 0.05 * max(1.0, abs(a)) for a, b in zip(losses["off"], losses[amp])), losses
+    assert losses["off"] != losses[amp]  # autocast did change the arithmetic
+    trained, cfg = load_run(tmp_path / amp)
+    fresh = build_model(cfg, 3)
+    moved = {n for n, p in trained.named_parameters() if not torch.equal(p, dict(fresh.named_parameters())[n])}
+    assert moved and all(".adapter." in n or n.startswith("head.") for n in moved)
 
 
 def test_fused_and_eager_attention_agree_on_cuda():
@@ -57,3 +73,13 @@ def test_export_on_cuda_matches(tmp_path):
     assert main(["train", "--model", "st_vit_micro_patch4_32", "--no-pretrained", "--data", f"folder:{folder}",
                  "--epochs", "1", "--batch-size", "8", "--num-workers", "0", "--device", "cuda", "--out", str(run)]) == 0
     assert main(["export", "--run", str(run), "--format", "export", "--out", str(tmp_path / "m.pt2")]) == 0
+    from sparse_tuning.training.run import load_run
+
+    model, _ = load_run(run)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        exported = torch.export.load(str(tmp_path / "m.pt2")).module()
+        device = next(iter(exported.state_dict().values())).device
+        got = exported(x.to(device)).cpu()
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()

@@ -49,7 +49,8 @@ def test_quick_demo(tmp_path, monkeypatch, capsys):
     # A smoke test says so, in the report and in both pictures' titles, and times nothing; every
     # accuracy stands next to chance (5 classes), in the table and as a line in the keep-rate plot.
     assert "**This is a smoke test.**" in report
-    assert all(SMOKE in title for title, _ in titles.values()), titles
+    assert set(titles) == {"keep_rate_plot", "kept_tokens_figure"}, titles  # both pictures drawn and seen
+    assert all(title and SMOKE in title for title, _ in titles.values()), titles
     assert titles["keep_rate_plot"][1]["chance"] == CHANCE
     assert all("infer_images_per_s" not in r and "train_memory_mb" not in r for r in data["rows"])
     assert "Memory:" not in report and "inference (img/s)" not in report

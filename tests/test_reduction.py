@@ -400,9 +400,52 @@ def test_bench_measures_every_method_under_every_rule(tmp_path):
         assert rows[f"{m}+tome"]["gflops"] < rows[f"{m}+none"]["gflops"]
 
 
-def test_token_sources_are_for_tome_and_kept_tokens_for_the_others():
-    model = st.apply(tiny_vit())
+@pytest.mark.parametrize("rule", [dict(reduction="class-attention", keep_rate=0.5),
+                                  dict(reduction="random", keep_rate=0.6, merge="drop")])
+def test_token_sources_of_a_keep_rule_by_a_loop_over_patches(rule):
+    """Where each patch is after every block, by a plain loop over patches and the recorded kept
+    indices: a kept one moves to its place among the kept, the others to the fused token (or
+    -1, dropped); each image of the batch keeps its own tokens."""
+    torch.manual_seed(0)
+    model = st.apply(tiny_vit(), st.SparseTuningConfig(**rule)).eval()
     with torch.no_grad():
-        model(torch.randn(1, 3, 32, 32))
-    with pytest.raises(ValueError, match="kept_tokens"):
-        st.token_sources(model)
+        model(torch.randn(3, 3, 32, 32))
+    sources, state = st.token_sources(model), model.sparse_tuning
+    steps = dict(zip(state.sparsify_at, state.last_steps))
+    assert not torch.equal(steps[3].keep_idx[0], steps[3].keep_idx[1])
+    for b in range(3):
+        where = {p: 1 + p for p in range(64)}
+        for block in range(12):
+            if block in steps:
+                keep = steps[block].keep_idx[b].tolist()
+                fused = -1 if rule.get("merge") == "drop" else 1 + len(keep)
+                where = {p: -1 if w == -1 else (1 + keep.index(w - 1) if w - 1 in keep else fused)
+                         for p, w in where.items()}
+            assert sources[block][b].tolist() == [where[p] for p in range(64)], (b, block)
+
+
+def test_restore_puts_every_token_back_where_it_came_from():
+    """restore(x, sources) by a loop over positions: a hand-made plan (prefix, kept, fused, dropped)
+    and real plans of each rule, composed over the blocks."""
+    from sparse_tuning.core.reduction import compose_sources, restore
+
+    reduced = torch.arange(2 * 4 * 3, dtype=torch.float64).view(2, 4, 3)
+    sources = torch.tensor([[0, 3, 1, -1, 2, 3], [0, 2, 3, 3, 1, -1]])
+    by_loop = torch.zeros(2, 6, 3, dtype=torch.float64)
+    for b in range(2):
+        for n in range(6):
+            if sources[b, n] >= 0:
+                by_loop[b, n] = reduced[b, sources[b, n]]
+    assert torch.equal(restore(reduced, sources), by_loop)
+    for rule in (dict(reduction="class-attention", keep_rate=0.5), dict(reduction="tome", tome_r=(5,))):
+        model = st.apply(tiny_vit(), st.SparseTuningConfig(**rule)).eval()
+        with torch.no_grad():
+            model(torch.randn(2, 3, 32, 32))
+        state = model.sparse_tuning
+        per_block = compose_sources(state.last_plans, 65, 2)
+        out = torch.randn(2, state.last_tokens[-1][1], 3)
+        full = restore(out, per_block[-1])
+        for b in range(2):
+            for n in range(65):
+                assert torch.equal(full[b, n], out[b, per_block[-1][b, n]])
+        assert per_block[-1][:, 0].eq(0).all()  # the class token stays first

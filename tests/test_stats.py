@@ -39,7 +39,7 @@ def test_paired_difference_matches_scipys_paired_t_test():
         mean, sd, differ = paired_difference(a, b)
         assert mean == pytest.approx(sum(a) / len(a) - sum(b) / len(b))
         assert differ == (stats.ttest_rel(a, b).pvalue < 0.05)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the same seeds, at least two"):
         paired_difference([1.0, 2.0], [2.0, 3.0, 4.0])
 
 

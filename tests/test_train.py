@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import nan_loss_at
 from data_files import make_folder
 from safetensors import safe_open
 
@@ -53,9 +54,12 @@ def test_no_weight_decay_on_biases_and_1d():
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
 
 
-@pytest.mark.parametrize("bad", [dict(amp="fp32"), dict(batch_size=0), dict(lr=0), dict(grad_accum=0)])
-def test_bad_train_config(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad,message", [(dict(amp="fp32"), "amp='fp32': expected bf16, fp16 or off"),
+                                         (dict(batch_size=0), "batch_size=0: expected an integer >= 1"),
+                                         (dict(lr=0), "lr must be > 0"),
+                                         (dict(grad_accum=0), "grad_accum=0: expected an integer >= 1")])
+def test_bad_train_config(bad, message):
+    with pytest.raises(ValueError, match=message):
         TrainConfig(**bad)
 
 
@@ -150,7 +154,7 @@ def test_keep_rate_schedules_are_refused_where_no_keep_rate_exists(folder):
     for field in ("keep_rate_warmup", "keep_rate_random"):
         with pytest.raises(ValueError, match=f"{field} schedules .* --method lora here keeps every token"):
             config(folder, method="lora", **{field: 0.5})
-        with pytest.raises(ValueError, match="merges with ToMe, which has no keep rate"):
+        with pytest.raises(ValueError, match="reduces by tome, which has no keep rate"):
             config(folder, st_fields={"reduction": "tome"}, **{field: 0.5})
     with pytest.raises(ValueError, match="keep_rate_random=1.5"):
         config(folder, keep_rate_random=1.5)
@@ -198,9 +202,22 @@ def test_random_keep_rates_with_a_warmup_anneal_their_lower_bound(folder, tmp_pa
 
 @pytest.mark.parametrize("extra", [dict(mixup=0.8, cutmix=1.0, label_smoothing=0.1), dict(amp="bf16"),
                                    dict(clip_grad=0.5)])
-def test_recipe_options_run(folder, tmp_path, extra):
-    results = train_run(config(folder, epochs=1, **extra), tmp_path / "run")
-    assert math.isfinite(results["final"]["loss"])
+def test_recipe_options_take_effect(folder, tmp_path, extra):
+    """Each option changes what a step computes against the same run without it (it is applied,
+    not only accepted); bf16 stays within half precision's reach of fp32."""
+    def step_losses(run, **options):
+        train_run(config(folder, epochs=1, **options), tmp_path / run)
+        return [l["loss"] for l in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+                if "lr" in l]
+
+    plain, changed = step_losses("plain"), step_losses("run", **extra)
+    assert len(plain) == len(changed) == 3 and all(map(math.isfinite, changed))
+    if "clip_grad" in extra:  # the first step's loss is before any update; clipping shows after it
+        assert changed[0] == plain[0] and changed[1:] != plain[1:]
+    else:
+        assert changed[0] != plain[0]
+    if "amp" in extra:
+        assert all(abs(a - b) < 0.05 for a, b in zip(plain, changed))
 
 
 @pytest.mark.parametrize("method", ["ts-only", "da-only"])
@@ -211,14 +228,7 @@ def test_other_methods_train_through_the_same_loop(folder, tmp_path, method):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(folder, tmp_path, monkeypatch):
-    calls = {"n": 0}
-    real_ce = torch.nn.CrossEntropyLoss.forward
-
-    def poisoned(self, logits, target):
-        calls["n"] += 1
-        loss = real_ce(self, logits, target)
-        return loss * float("nan") if calls["n"] == 5 else loss
-    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
+    nan_loss_at(monkeypatch, 5)
     with pytest.raises(TrainingError, match=r"loss became nan at step 5.*step-0000003"):
         train_run(config(folder, epochs=2), tmp_path / "run")
     latest = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())

@@ -48,7 +48,7 @@ def test_dense_and_segment_sampling():
     for _ in range(20):
         idx = sample_indices(40, seg)
         assert all(10 * i <= j < 10 * (i + 1) for i, j in enumerate(idx))
-    with pytest.raises(TooShortError):
+    with pytest.raises(TooShortError, match="5 frames, fewer than the"):
         sample_indices(5, dense)
 
 

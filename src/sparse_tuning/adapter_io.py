@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save
 
 from .api import apply, state_of, trainable_named_parameters
 from .core.config import SparseTuningConfig
+from .errors import UserError
 from .files import atomic_write_bytes
 from .hosts import host_for
 
@@ -42,8 +43,8 @@ def save_adapters(model: nn.Module, path: str | os.PathLike) -> None:
     written = {id(p) for _, p in named}
     others = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in written]
     if others:  # another method's weights (LoRA, prompts, a sequential adapter) would be left out
-        raise ValueError(f"an adapter file holds the Dense Adapters and the head; this model also trains {others[0]} "
-                         f"and {len(others) - 1} more: save the whole model (a run's trainable.safetensors) instead")
+        raise UserError(f"an adapter file holds the Dense Adapters and the head; this model also trains {others[0]} "
+                        f"and {len(others) - 1} more: save the whole model (a run's trainable.safetensors) instead")
     metadata = {
         "format": FORMAT,
         "config": st.config.to_json(),
@@ -60,10 +61,10 @@ def read_adapter_metadata(path: str | os.PathLike) -> tuple[SparseTuningConfig, 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a safetensors file: {e}") from None
+        raise UserError(f"{path} is not a safetensors file: {e}") from None
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a Sparse-Tuning adapter file (format {meta.get('format')!r}, "
-                         f"expected {FORMAT!r})")
+        raise UserError(f"{path} is not a Sparse-Tuning adapter file (format {meta.get('format')!r}, "
+                        f"expected {FORMAT!r})")
     return SparseTuningConfig.from_dict(json.loads(meta["config"])), json.loads(meta["backbone"])
 
 
@@ -85,15 +86,15 @@ def check_tensors(path, params: dict[str, nn.Parameter]) -> dict[str, torch.Tens
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} cannot be read: {e}") from None
+        raise UserError(f"{path} cannot be read: {e}") from None
     missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
     if missing or unexpected:
-        raise ValueError(f"{path} does not match this model's trainable weights: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise UserError(f"{path} does not match this model's trainable weights: "
+                        f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     wrong = [f"{k}: file {tuple(t.shape)}, model {tuple(params[k].shape)}"
              for k, t in tensors.items() if t.shape != params[k].shape]
     if wrong:
-        raise ValueError(f"{path} has weights of other shapes: " + "; ".join(wrong[:5]))
+        raise UserError(f"{path} has weights of other shapes: " + "; ".join(wrong[:5]))
     return tensors
 
 
@@ -112,13 +113,13 @@ def load_adapters(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     diff = [f"{k}: file {backbone[k]!r}, model {mine.get(k)!r}" for k in backbone
             if k != "class" and backbone[k] != mine.get(k)]
     if diff:
-        raise ValueError(f"{path} was saved for another backbone: " + "; ".join(diff))
+        raise UserError(f"{path} was saved for another backbone: " + "; ".join(diff))
     if applied:
         current, saved = state_of(model).config.to_dict(), config.to_dict()
         diff = [f"{k}: file {saved[k]!r}, model {current[k]!r}"
                 for k in saved if k not in RUNTIME_FIELDS and saved[k] != current[k]]
         if diff:
-            raise ValueError(f"{path} was saved with another Sparse-Tuning config: " + "; ".join(diff))
+            raise UserError(f"{path} was saved with another Sparse-Tuning config: " + "; ".join(diff))
     else:
         # Check the file against what applying its config would make, on a weightless copy, so
         # that a refused file leaves the model as it was (not patched, not frozen).

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from .core.config import SparseTuningConfig
 from .core.state import SparseTuningState
+from .errors import UserError
 from .hosts import host_for
 
 
@@ -19,7 +20,7 @@ def apply(model: nn.Module, config: Optional[SparseTuningConfig] = None) -> nn.M
     """
     config = SparseTuningConfig() if config is None else config
     if not isinstance(config, SparseTuningConfig):
-        raise ValueError(f"config must be a SparseTuningConfig, got {type(config).__name__}")
+        raise UserError(f"config must be a SparseTuningConfig, got {type(config).__name__}")
     config.validate()
     host_for(model).patch(model, config)
     for p in model.parameters():
@@ -32,7 +33,7 @@ def apply(model: nn.Module, config: Optional[SparseTuningConfig] = None) -> nn.M
 def state_of(model: nn.Module) -> SparseTuningState:
     st = getattr(model, "sparse_tuning", None)
     if not isinstance(st, SparseTuningState):
-        raise ValueError("Sparse-Tuning is not applied to this model; call sparse_tuning.apply(model) first")
+        raise UserError("Sparse-Tuning is not applied to this model; call sparse_tuning.apply(model) first")
     return st
 
 
@@ -70,24 +71,25 @@ def set_keep_rate(model: nn.Module, keep_rate: float, method: str = "") -> None:
     """The keep rate at inference, no retraining; refused for a model with no sparsifying block
     (one that keeps every token by construction: it has nothing the rate could change)."""
     st = getattr(model, "sparse_tuning", None)
-    if st is not None and st.config.reduction == "tome":
-        raise ValueError("--keep-rate does not apply to ToMe's reduction, which merges tome_r tokens in every "
-                         "block (model.sparse_tuning.config.tome_r changes it)")
+    if st is not None and not st.config.rule.has_keep_rate and not st.config.keeps_every_token:
+        raise UserError(f"--keep-rate does not apply to the {st.config.reduction} reduction, which has no keep rate "
+                        f"({st.config.describe_reduction()}; its own fields in model.sparse_tuning.config change it)")
     if st is None or not st.sparsify_at:
         what = f"--method {method}" if method else "this model"
-        raise ValueError(f"--keep-rate applies to models that sparsify tokens, not to {what}")
+        raise UserError(f"--keep-rate applies to models that sparsify tokens, not to {what}")
     st.keep_rate = keep_rate
 
 
 def token_metrics(model: nn.Module) -> dict[str, float]:
     """What the model's token reduction does now, read from the model (any method, any rule):
-    ``keep_rate``, the rate its keep-rate rule runs at (1.0 for a model that keeps every token;
-    absent under ToMe, which has none), and after a forward ``tokens_last_block``, the share of the
+    ``keep_rate``, the rate its keep rule runs at (1.0 for a model that keeps every token; absent
+    under a rule without one, ToMe), and after a forward ``tokens_last_block``, the share of the
     first block's input sequence that entered the last block."""
     st = getattr(host_for(model).image_model(model), "sparse_tuning", None)
     if st is None:
         return {"keep_rate": 1.0, "tokens_last_block": 1.0}
-    out = {} if st.config.reduction == "tome" else {"keep_rate": st.keep_rate if st.sparsify_at else 1.0}
+    keep_rate = st.keep_rate if st.sparsify_at else 1.0 if st.config.keeps_every_token else None
+    out = {} if keep_rate is None else {"keep_rate": keep_rate}
     if st.last_tokens:
         out["tokens_last_block"] = st.last_tokens[-1][0] / st.last_tokens[0][0]
     return out

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 
+from .errors import UserError
+
 # extra -> the modules it installs that the code imports
 EXTRAS = {"export": ("onnx", "onnxscript"), "data": ("scipy",)}
 
 
-class MissingExtra(ValueError):
+class MissingExtra(UserError):
     """An optional dependency is not installed (a user's setup, reported in one line)."""
 
 

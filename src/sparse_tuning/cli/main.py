@@ -1,7 +1,8 @@
 """The ``sparse-tuning`` command line: it parses and prints; the work is in library functions.
 
 Nothing here imports torch at load time: ``--help`` and argument errors answer at once. User
-mistakes print one line and exit 2, no traceback; a bug keeps its traceback.
+mistakes (``errors.UserError``) print one line and exit 2, no traceback; anything else is a bug
+and prints its traceback and a request to report it (exit 1).
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = make_parser().parse_args(argv)
     args.argv = argv  # recorded by commands that write how they were run
+    from ..errors import UserError
     from ..training.errors import Interrupted, TrainingError
 
     try:
@@ -66,12 +68,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         after = "; the last checkpoint stands (--resume continues from it)" if args.command == "train" else ""
         print(f"sparse-tuning {args.command}: interrupted{after}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, TrainingError) as e:  # DataError is a ValueError
+    except (UserError, FileNotFoundError, TrainingError) as e:  # DataError and RunFolderError are UserErrors
         return _one_line(args.command, str(e))
     except OSError as e:
         if e.errno not in USER_OS_ERRORS:
-            raise  # a bug, or a fault of this machine: keep the traceback
+            return _bug(args.command)  # a bug, or a fault of this machine: keep the traceback
         return _one_line(args.command, f"{e.filename or ''}: {e.strerror}".lstrip(": "))
+    except Exception:  # anything else is a bug, ours or a library's: its traceback, and a request
+        return _bug(args.command)
+
+
+def _bug(command: str) -> int:
+    import traceback
+
+    traceback.print_exc()
+    print(f"sparse-tuning {command}: the error above is not a mistake in what you asked but a fault in "
+          "sparse-tuning or a library it uses; please report it with the traceback and the command", file=sys.stderr)
+    return 1
 
 
 # The machine refuses what the user asked of it: a read-only or full output folder, a path that

@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..core.reduction import get_rule, rule_names
 from .options import add_model_options
 from .train import add_trained_run_options
 
@@ -114,6 +115,7 @@ def add_commands(sub) -> None:
     p.add_argument("--keep-rates", default="0.5,0.6,0.7,0.8,0.9,1.0", help="comma-separated (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5, help="timed inference rounds per rate (default: %(default)s)")
     p.add_argument("--out", default=None, help="folder for sweep.md/json/png (default: the run folder)")
-    p.add_argument("--reduction", choices=["class-attention", "random"], default=None,
-                   help="a run trained on every token, reduced at inference by this rule")
+    keep_rules = [name for name in rule_names() if get_rule(name).has_keep_rate]
+    p.add_argument("--reduction", choices=keep_rules, default=None, metavar="RULE",
+                   help=f"a run trained on every token, reduced at inference by this rule: {', '.join(keep_rules)}")
     p.set_defaults(func=cmd_sweep)

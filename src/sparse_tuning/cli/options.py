@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Literal, Optional, Union
 
 from ..core.config import SparseTuningConfig
+from ..core.reduction import get_rule, rule_names
 from ..data.options import VideoConfig
 from ..methods import all_methods, method_names, option_owners
 from ..training.config import RunConfig, SECTIONS, TrainConfig, top_level_fields
@@ -88,9 +89,16 @@ def argument(cls: type, name: str, dest: Optional[str] = None, default: Any = ar
             kw["metavar"] = {int: "N", float: "X", str: name.split("_")[-1].upper()}[tp]
         if shown not in (None, "") and "(default" not in help_text:
             help_text += f" (default: {shown})"
+    if cls is SparseTuningConfig and name == "reduction":  # the registered rules (core/rules/)
+        kw.update(choices=list(rule_names()), metavar="RULE", type=str)
+        help_text = f"how tokens are reduced: {rule_help()} (default: {shown})"
     kw["help"] = help_text.replace("%", "%%")
     kw.update(overrides)
     return [flag], kw
+
+
+def rule_help(names: Optional[Iterable[str]] = None) -> str:
+    return "; ".join(f"{name} ({get_rule(name).help})" for name in (names or rule_names()))
 
 
 def add_argument(group, cls: type, name: str, **kw) -> None:

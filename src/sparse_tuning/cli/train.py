@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from ..files import atomic_write_text
-from .options import add_run_options, given_run_options, option_layers
+from ..core.reduction import rule_names
+from ..errors import UserError
+from .options import add_run_options, given_run_options, option_layers, rule_help
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -19,12 +21,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         changes = {k: getattr(args, f"train.{k}") for k in RESUME_CHANGES if hasattr(args, f"train.{k}")}
         others = [k for k in given_run_options(args) if k.partition(".")[2] not in changes]
         if others or args.out or args.config:
-            raise ValueError("--resume RUN_DIR continues a run with its own config.json; it takes no other "
-                             "options than " + ", ".join("--" + c.replace("_", "-") for c in RESUME_CHANGES))
+            raise UserError("--resume RUN_DIR continues a run with its own config.json; it takes no other "
+                            "options than " + ", ".join("--" + c.replace("_", "-") for c in RESUME_CHANGES))
         results = train_run(resume_config(args.resume, **changes), args.resume, resume=True)
     else:
         if not args.out:
-            raise ValueError("train needs --out RUN_DIR (where the run is written)")
+            raise UserError("train needs --out RUN_DIR (where the run is written)")
         results = train_run(resolve_config(*option_layers(args)), Path(args.out))
     if results.get("final"):
         final, best = results["final"], results["best"]
@@ -81,9 +83,10 @@ def add_commands(sub) -> None:
     add_trained_run_options(p, batch_size=128)
     p.add_argument("--data", default=None, help="data spec (default: the run's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first (one compile per input size)")
-    p.add_argument("--reduction", choices=["class-attention", "tome", "random"], default=None,
+    rules = [name for name in rule_names() if name != "none"]
+    p.add_argument("--reduction", choices=rules, default=None, metavar="RULE",
                    help="train dense, reduce at inference: a run trained on every token, evaluated with this "
-                        "reduction (with --keep-rate, or --tome-r for tome)")
+                        f"reduction (with --keep-rate, or --tome-r for tome): {rule_help(rules)}")
     p.add_argument("--tome-r", type=int, default=None, help="ToMe: tokens merged per block (with --reduction tome)")
     p.set_defaults(func=cmd_eval)
 

@@ -8,6 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import UserError
+
 
 class FactoredOutput(NamedTuple):
     """An adapter output a (B, N, C) kept as ``coeffs @ basis.T``, with r+1 << C numbers per token.
@@ -69,7 +71,7 @@ class DenseAdapter(nn.Module):
             self.down = nn.ModuleList(nn.Linear(dim, bottleneck, **dd) for _ in range(num_inputs))
             self.up = nn.ModuleList(nn.Linear(bottleneck, dim, **dd) for _ in range(num_inputs))
         else:
-            raise ValueError(f"fusion={fusion!r}: expected one of down-sum, input-sum, up-sum")
+            raise UserError(f"fusion={fusion!r}: expected one of down-sum, input-sum, up-sum")
         for up in self._ups():
             nn.init.zeros_(up.weight)
             nn.init.zeros_(up.bias)
@@ -81,7 +83,7 @@ class DenseAdapter(nn.Module):
         """The bottleneck activations (after ReLU): one (B, N, b) per up-projection."""
         B, N, C = inputs[0].shape
         if len(inputs) != self.num_inputs:
-            raise ValueError(f"this adapter takes {self.num_inputs} inputs, got {len(inputs)}")
+            raise UserError(f"this adapter takes {self.num_inputs} inputs, got {len(inputs)}")
         if self.fusion == "up-sum":
             return [F.relu(_linear(down, x)) for down, x in zip(self.down, inputs)]
         if self.fusion == "down-sum":
@@ -123,15 +125,10 @@ def _linear(layer: nn.Linear, x: AdapterInput) -> Tensor:
     return layer(x)
 
 
-def follow(a: AdapterInput, step, num_prefix: int) -> AdapterInput:
-    """An earlier adapter output (tensor or factored) after the tokens' reduction step: a
-    sparsification step (the same kept indices and merge weights) or a ToMe merge (the same
-    size-weighted average). Both are linear in the tokens, so the factored form follows through
-    its coefficients, the mass column included."""
-    from .merging import MergeStep
-    from .sparsify import apply_step
-
-    move = step.apply if isinstance(step, MergeStep) else (lambda t: apply_step(t, step, num_prefix))
+def follow(a: AdapterInput, plan) -> AdapterInput:
+    """An earlier adapter output (tensor or factored) after the tokens' reduction: the same plan
+    (core/reduction.py), whose apply is linear in the tokens, so the factored form follows
+    through its coefficients, the mass column included."""
     if isinstance(a, FactoredOutput):
-        return a._replace(coeffs=move(a.coeffs))
-    return move(a)
+        return a._replace(coeffs=plan.apply(a.coeffs))
+    return plan.apply(a)

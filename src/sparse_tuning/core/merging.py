@@ -78,19 +78,42 @@ class MergeStep(NamedTuple):
     def detached(self) -> "MergeStep":
         return MergeStep(self.plan, self.size.detach(), self.new_size.detach())
 
+    # The rest of core/reduction.py's plan protocol:
+    def sizes_after(self, size: Optional[Tensor]) -> Tensor:
+        return self.new_size
+
+    def sources(self) -> Tensor:
+        """For each input token, the output token holding it: merging a one-hot per token
+        ("amax") marks, in each output token, the input tokens it holds."""
+        B, N, _ = self.size.shape
+        onehot = torch.eye(N, device=self.size.device).expand(B, -1, -1)
+        return merge_tokens(onehot, self.plan, mode="amax").argmax(dim=1)
+
+    def flops(self, channels: int) -> int:
+        """No matrix product: the merge is a size-weighted scatter-add, elementwise work that the
+        FLOP count (tools/flops.py) leaves out everywhere."""
+        return 0
+
+
+def merge_plan(x: Tensor, metric: Tensor, size: Optional[Tensor], r: int, num_prefix: int) -> Optional[MergeStep]:
+    """ToMe's merge of r tokens of x (B, N, C) by metric (B, N, D), planned with the sizes before
+    it (B, N, 1) or None (all 1); None: nothing merges."""
+    plan = bipartite_plan(metric, r, num_prefix)
+    if plan is None:
+        return None
+    if size is None:
+        size = x.new_ones(x.shape[0], x.shape[1], 1)
+    return MergeStep(plan, size, merge_tokens(size, plan))
+
 
 def merge_step(x: Tensor, metric: Tensor, size: Optional[Tensor], r: int,
                num_prefix: int) -> tuple[Tensor, Optional[Tensor], Optional[MergeStep]]:
     """ToMe's merge of r tokens of x (B, N, C) by metric (B, N, D), sizes (B, N, 1) or None
     (all 1): the merged tokens, their sizes, and the step (None: nothing merged)."""
-    plan = bipartite_plan(metric, r, num_prefix)
-    if plan is None:
+    step = merge_plan(x, metric, size, r, num_prefix)
+    if step is None:
         return x, size, None
-    if size is None:
-        size = x.new_ones(x.shape[0], x.shape[1], 1)
-    new_size = merge_tokens(size, plan)
-    step = MergeStep(plan, size, new_size)
-    return step.apply(x), new_size, step
+    return step.apply(x), step.new_size, step
 
 
 def merge_sources(steps, num_patches: int, num_prefix: int, batch_size: int, device=None) -> list[Tensor]:

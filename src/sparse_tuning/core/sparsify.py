@@ -13,6 +13,8 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..errors import UserError
+
 
 class SparsifyStep(NamedTuple):
     keep_idx: Tensor                  # (B, k) kept non-prefix positions, ascending
@@ -55,7 +57,7 @@ def plan_step(scores: Tensor, k: int, merge: str, merge_scores: Optional[Tensor]
     if merge == "mean":
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
     elif merge != "sum":
-        raise ValueError(f"merge={merge!r}: expected one of mean, sum, drop")
+        raise UserError(f"merge={merge!r}: expected one of mean, sum, drop")
     return SparsifyStep(keep_idx, weights)
 
 
@@ -68,6 +70,48 @@ def apply_step(x: Tensor, step: SparsifyStep, num_prefix: int) -> Tensor:
         return torch.cat([prefix, kept], dim=1)
     fused = step.merge_weights.unsqueeze(1).to(tokens.dtype) @ tokens  # (B, 1, C)
     return torch.cat([prefix, kept, fused], dim=1)
+
+
+class KeepPlan(NamedTuple):
+    """A keep rule's plan for one block (core/reduction.py's protocol): its step, with the prefix
+    tokens it leaves alone and the length of the sequence it reduces."""
+    step: SparsifyStep
+    num_prefix: int
+    num_tokens: int   # N, prefix tokens included
+
+    def apply(self, x: Tensor) -> Tensor:
+        return apply_step(x, self.step, self.num_prefix)
+
+    def sizes_after(self, size: Optional[Tensor]) -> Optional[Tensor]:
+        return None  # keep rules track no sizes (no proportional attention follows them)
+
+    def sources(self) -> Tensor:
+        keep_idx, P = self.step.keep_idx, self.num_prefix
+        B, k = keep_idx.shape
+        fused = P + k if self.step.merge_weights is not None else -1
+        rest = keep_idx.new_full((B, self.num_tokens - P), fused)
+        rest.scatter_(1, keep_idx, torch.arange(P, P + k, device=keep_idx.device).expand(B, -1))
+        return torch.cat([torch.arange(P, device=keep_idx.device).expand(B, -1), rest], dim=1)
+
+    def flops(self, channels: int) -> int:
+        """The fused token's weighted sum, (B, 1, M) @ (B, M, C); kept tokens are gathered, not computed."""
+        B, M = self.step.keep_idx.shape[0], self.num_tokens - self.num_prefix
+        return 0 if self.step.merge_weights is None else B * M * channels
+
+    def detached(self) -> "KeepPlan":
+        return KeepPlan(self.step.detached(), self.num_prefix, self.num_tokens)
+
+
+def keep_plan(x: Tensor, scores: Optional[Tensor], keep_rate: float, num_prefix: int, merge: str = "mean",
+              merge_scores: Optional[Tensor] = None) -> Optional[KeepPlan]:
+    """A keep rule's plan for x (B, N, C): the top ceil(keep_rate * M) tokens by ``scores`` (B, M)
+    over the non-prefix tokens, the others merged by ``merge`` weighted by ``merge_scores`` (by
+    the scores where not given); None when every token is kept."""
+    B, N, C = x.shape
+    k = keep_count(keep_rate, N - num_prefix)
+    if k == N - num_prefix:
+        return None
+    return KeepPlan(plan_step(scores, k, merge, merge_scores), num_prefix, N)
 
 
 def sparsify(x: Tensor, scores: Optional[Tensor], keep_rate: float, num_prefix: int,

@@ -32,8 +32,7 @@ class SparseTuningState:
         self.factored_history = True
         self._blocks = blocks
         self._attention = list(attention)
-        self.last_steps: list[Optional[SparsifyStep]] = []
-        self.last_merges: list = []                      # per block: ToMe's MergeStep, or None
+        self.last_plans: list = []                     # per block: its reduction plan, or None
         self.last_tokens: list[tuple[int, int]] = []   # (tokens in, tokens out) per block
         self.last_num_patches = 0
         self.last_batch_size = 0
@@ -66,21 +65,37 @@ class SparseTuningState:
     def depth(self) -> int:
         return len(self._blocks)
 
-    def token_sources(self) -> list[torch.Tensor]:
-        """ToMe: after each block, the token holding each original patch (B, num_patches)."""
-        from .merging import merge_sources
+    def record(self, plans: list, tokens: list[tuple[int, int]], num_tokens: int, batch_size: int,
+               device: torch.device) -> None:
+        """What a forward did (the host calls it after the last block): each block's plan, detached,
+        its token counts in and out, and the input's length and batch size."""
+        self.last_plans, self.last_tokens = plans, tokens
+        self.last_num_patches, self.last_batch_size = num_tokens - self.num_prefix, batch_size
+        self.last_steps_device = device
 
-        if self.config.reduction != "tome":
-            raise ValueError(f"token_sources is for ToMe's merges; this model's reduction is {self.config.reduction!r}: "
-                             "st.kept_tokens(model) says which tokens it kept")
+    @property
+    def last_steps(self) -> list[Optional[SparsifyStep]]:
+        """The keep rule's step at each block of ``sparsify_at`` (None where it kept every token)."""
+        return [getattr(self.last_plans[i], "step", None) if i < len(self.last_plans) else None
+                for i in self.sparsify_at]
+
+    def _check_forward(self) -> None:
         if not self.last_batch_size:
             raise RuntimeError("no forward pass has run since Sparse-Tuning was applied")
-        return merge_sources(self.last_merges, self.last_num_patches, self.num_prefix, self.last_batch_size,
-                             device=self.last_steps_device)
+
+    def token_sources(self) -> list[torch.Tensor]:
+        """After each block, the token holding each original patch (B, num_patches): an index into
+        that block's output sequence; -1 where a rule dropped the patch. Any rule (ToMe's merges,
+        a keep rule's fused token), composed from the plans."""
+        from .reduction import compose_sources
+
+        self._check_forward()
+        n = self.num_prefix + self.last_num_patches
+        per_block = compose_sources(self.last_plans, n, self.last_batch_size, device=self.last_steps_device)
+        return [where[:, self.num_prefix:] for where in per_block]
 
     def kept_tokens(self) -> list[torch.Tensor]:
-        if not self.last_batch_size:
-            raise RuntimeError("no forward pass has run since Sparse-Tuning was applied")
+        self._check_forward()
         return original_positions(self.last_steps, self.last_num_patches, self.last_batch_size,
                                   device=self.last_steps_device)
 

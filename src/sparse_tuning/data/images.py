@@ -21,13 +21,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from ..extras import missing_module, require_extra
 from .options import AUGMENTS, IMAGE_KINDS as KINDS
 
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with the user's data: missing paths, bad labels, unreadable files."""
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+from ..errors import UserError
 from ..text import count
 
 IMAGE_KINDS = ("folder", "vtab", "cifar100", "svhn", "food101", "mnist", "fashionmnist", "torchvision")
@@ -47,13 +48,13 @@ class VideoConfig:
 
     def __post_init__(self) -> None:
         if self.video_tokens not in ("joint", "frames"):
-            raise ValueError(f"video_tokens={self.video_tokens!r}: expected joint or frames")
+            raise UserError(f"video_tokens={self.video_tokens!r}: expected joint or frames")
         if self.flip not in ("auto", "on", "off"):
-            raise ValueError(f"flip={self.flip!r}: expected auto, on or off")
+            raise UserError(f"flip={self.flip!r}: expected auto, on or off")
         if self.frames < 0 or self.tubelet < 1 or self.sampling_rate < 1:
-            raise ValueError("frames must be >= 0, tubelet and sampling_rate >= 1")
+            raise UserError("frames must be >= 0, tubelet and sampling_rate >= 1")
         if self.test_clips < 0 or self.test_crops < 0:
-            raise ValueError("test_clips and test_crops must be >= 0 (0: the dataset's default)")
+            raise UserError("test_clips and test_crops must be >= 0 (0: the dataset's default)")
 
     def plan(self, kind: str, size: int):
         """The clip sampling for a dataset kind and input size, the field's defaults filled in:

@@ -14,6 +14,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from ..errors import UserError
+
 TASKS = {
     "source": ("circle", "square", "triangle", "cross", "ring"),     # pre-training classes
     "target": ("diamond", "star", "tee", "hourglass", "crescent"),   # fine-tuning classes
@@ -43,7 +45,7 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     elif kind == "hourglass":
         pts = [(-0.8, -1), (0.8, -1), (0.12, 0), (0.8, 1), (-0.8, 1), (-0.12, 0)]
     else:
-        raise ValueError(kind)
+        raise UserError(kind)
     c, s = math.cos(angle), math.sin(angle)
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
 
@@ -89,7 +91,7 @@ class ShapesDataset(Dataset):
     def __init__(self, task: str, split: str, length: int, size: int = 32, seed: int = 0,
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> None:
         if task not in TASKS:
-            raise ValueError(f"task {task!r}: expected one of {', '.join(TASKS)}")
+            raise UserError(f"task {task!r}: expected one of {', '.join(TASKS)}")
         self.task, self.split, self.length, self.size, self.seed = task, split, length, size, seed
         self.classes = list(TASKS[task])
         self.mean = torch.tensor(mean).view(3, 1, 1)

@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import UserError
+
 # Split arguments of datasets whose split names are not ("train", "test") or (train=True/False).
 SPLITS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     "OxfordIIITPet": ({"split": "trainval"}, {"split": "test"}, "test"),
@@ -56,12 +58,12 @@ def read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+        raise UserError(f"{path} is not an IDX file of unsigned bytes")
     dims = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: expected {int(np.prod(shape))} values, found {array.size} (truncated?)")
+        raise UserError(f"{path}: expected {int(np.prod(shape))} values, found {array.size} (truncated?)")
     return array.reshape(shape)
 
 
@@ -71,7 +73,7 @@ class IdxImages(Dataset):
     def __init__(self, images: Path, labels: Path, classes: Sequence[str], transform: Optional[Callable]) -> None:
         self.data, self.targets = read_idx(images), read_idx(labels).astype(np.int64).tolist()
         if len(self.data) != len(self.targets):
-            raise ValueError(f"{images} holds {len(self.data)} images, {labels} {len(self.targets)} labels")
+            raise UserError(f"{images} holds {len(self.data)} images, {labels} {len(self.targets)} labels")
         self.classes, self.transform = list(classes), transform
 
     def __len__(self) -> int:
@@ -111,7 +113,7 @@ def by_name(name: str, root: Path, train_tf, eval_tf, download: bool):
     if not (isinstance(cls, type) and issubclass(cls, Dataset)):
         known = [n for n in dir(tvd) if n[0].isupper() and n.lower() == name.lower()]
         hint = f"; did you mean {known[0]}?" if known else " (names are case-sensitive: DTD, Flowers102, EuroSAT...)"
-        raise ValueError(f"torchvision has no dataset {name!r}{hint}")
+        raise UserError(f"torchvision has no dataset {name!r}{hint}")
     params = inspect.signature(cls).parameters
     extra = {"download": download} if "download" in params else {}
     if name in SPLITS:

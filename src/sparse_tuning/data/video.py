@@ -25,7 +25,7 @@ from .images import DataError, ImageData, SafeDataset, rgb_loader
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class TooShortError(ValueError):
+class TooShortError(DataError):
     """A video with fewer frames than a clip needs (skipped and counted like unreadable ones)."""
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..errors import UserError
 from .base import Host, original_class
 
 
@@ -25,8 +26,8 @@ def host_for(model: nn.Module) -> Host:
     for host in HOSTS:
         if host.owns(model):
             return host
-    raise ValueError(f"{type(model).__name__} is not " + ", nor ".join(host.serves for host in HOSTS)
-                     + ": the models Sparse-Tuning serves")
+    raise UserError(f"{type(model).__name__} is not " + ", nor ".join(host.serves for host in HOSTS)
+                    + ": the models Sparse-Tuning serves")
 
 
 def logits_of(output) -> torch.Tensor:
@@ -40,7 +41,7 @@ def host_named(model_name: str) -> Host:
         if host.knows(model_name):
             return host
     HOSTS[0].check_name(model_name)  # raises, with the names closest to it
-    raise ValueError(f"unknown model {model_name!r}")
+    raise UserError(f"unknown model {model_name!r}")
 
 
 def build_architecture(name: str, img_size: Optional[int] = None, num_classes: Optional[int] = None,

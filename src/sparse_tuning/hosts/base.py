@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..core.config import SparseTuningConfig
 from ..core.state import SparseTuningState
+from ..errors import UserError
 
 
 class Host:
@@ -123,11 +124,11 @@ class Host:
 
     def add_ffn_adapters(self, model: nn.Module, bottleneck: int) -> list[nn.Module]:
         """A sequential bottleneck adapter on each FFN's output (Houlsby); returns them."""
-        raise ValueError(f"--method adapter is not available on {self.name} models")
+        raise UserError(f"--method adapter is not available on {self.name} models")
 
     def add_deep_prompts(self, model: nn.Module, num_prompts: int) -> nn.Parameter:
         """VPT-deep prompt tokens before every block; returns the (depth, n, C) parameter."""
-        raise ValueError(f"--method vpt is not available on {self.name} models")
+        raise UserError(f"--method vpt is not available on {self.name} models")
 
     def lora_targets(self, model: nn.Module) -> list[str]:
         """Module names LoRA adapts (the attention input projections)."""
@@ -140,7 +141,7 @@ class Host:
 
     def video_model(self, model: nn.Module, frames: int, layout: str, tubelet: int) -> nn.Module:
         """The image model wrapped for (B, C, T, H, W) clips."""
-        raise ValueError(f"video is not available on {self.name} models")
+        raise UserError(f"video is not available on {self.name} models")
 
 
 _model_classes: dict[tuple[type, type], type] = {}

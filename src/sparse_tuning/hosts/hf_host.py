@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..core.config import SparseTuningConfig
 from ..core.state import SparseTuningState
+from ..errors import UserError
 from .base import Host
 
 PREFIX = "hf:"
@@ -35,7 +36,7 @@ def _layers(model: nn.Module) -> nn.ModuleList:
     for name in ("layer", "layers"):
         if isinstance(getattr(encoder, name, None), nn.ModuleList):
             return getattr(encoder, name)
-    raise ValueError(f"{type(model).__name__}: no transformer layers found")
+    raise UserError(f"{type(model).__name__}: no transformer layers found")
 
 
 # Model types whose embeddings interpolate the position table at every forward, so they take the
@@ -111,27 +112,27 @@ class HFHost(Host):
         from .base import original_class
 
         if isinstance(getattr(model, "sparse_tuning", None), SparseTuningState):
-            raise ValueError("Sparse-Tuning is already applied to this model; apply it once, to a fresh model")
+            raise UserError("Sparse-Tuning is already applied to this model; apply it once, to a fresh model")
         name = original_class(model).__name__
         if name not in self.SUPPORTED:
             why = {"Siglip": "it has no class token (token sparsification ranks tokens by the class token's "
                              "attention)", "Swin": "it is not a plain ViT (windowed attention)",
                    "ConvNext": "it is not a transformer", "Beit": "its relative position bias is not supported"}
             reason = next((v for k, v in why.items() if name.startswith(k)), "it is not one of the supported classes")
-            raise ValueError(f"{name} cannot take Sparse-Tuning: {reason}; supported: {', '.join(self.SUPPORTED)}")
+            raise UserError(f"{name} cannot take Sparse-Tuning: {reason}; supported: {', '.join(self.SUPPORTED)}")
         from .hf_vit import layer_parts
 
         try:
             [layer_parts(layer) for layer in _layers(model)]
         except AttributeError as e:
-            raise ValueError(f"{name}: a layer of an unexpected form ({e})") from None
+            raise UserError(f"{name}: a layer of an unexpected form ({e})") from None
 
     def knows(self, name: str) -> bool:
         return name.startswith(PREFIX)
 
     def check_name(self, name: str) -> None:
         if not name.startswith(PREFIX):
-            raise ValueError(f"{name!r}: transformers models are named hf:ID_OR_DIR")
+            raise UserError(f"{name!r}: transformers models are named hf:ID_OR_DIR")
 
     def create(self, name: str, pretrained: bool = False, img_size: Optional[int] = None,
                num_classes: Optional[int] = None, device: str | torch.device = "cpu") -> nn.Module:
@@ -141,14 +142,14 @@ class HFHost(Host):
         try:
             config = AutoConfig.from_pretrained(source)
         except OSError as e:
-            raise ValueError(f"cannot read the transformers model {source!r}: {' '.join(str(e).split())[:200]}") from None
+            raise UserError(f"cannot read the transformers model {source!r}: {' '.join(str(e).split())[:200]}") from None
         interpolates = config.model_type in INTERPOLATING
         if img_size and not interpolates and img_size != config.image_size:
             if pretrained:
                 # config.image_size sizes the position table: loading would start it afresh
-                raise ValueError(f"--img-size {img_size}: a pretrained {config.model_type} model's position "
-                                 f"embeddings are for {config.image_size}; transformers resamples them only for "
-                                 f"DINOv2, so use its own size or --no-pretrained")
+                raise UserError(f"--img-size {img_size}: a pretrained {config.model_type} model's position "
+                                f"embeddings are for {config.image_size}; transformers resamples them only for "
+                                f"DINOv2, so use its own size or --no-pretrained")
             config.image_size = img_size
         if num_classes is not None:
             config.num_labels = max(num_classes, 1)
@@ -188,7 +189,7 @@ class HFHost(Host):
         result = model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if "classifier" not in k and ".adapter." not in k]
         if missing:
-            raise ValueError(f"{path} does not fit this model: missing {missing[:5]}")
+            raise UserError(f"{path} does not fit this model: missing {missing[:5]}")
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return _layers(model)
@@ -223,9 +224,9 @@ class HFHost(Host):
         C, H, W = input_size
         ph, pw = self.patch_size(model)
         if H % ph or W % pw:
-            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {ph}x{pw}")
+            raise UserError(f"image size {H}x{W} is not divisible by the patch size {ph}x{pw}")
         if (C, H, W) != self.input_size(model):
-            raise ValueError(f"input {C}x{H}x{W} differs from the model's {'x'.join(map(str, self.input_size(model)))}")
+            raise UserError(f"input {C}x{H}x{W} differs from the model's {'x'.join(map(str, self.input_size(model)))}")
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         # The patched layers carry the switch (their own attention code reads it); unpatched ones

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from ..core.adapter import DenseAdapter, follow
 from ..core.config import SparseTuningConfig
-from ..core.merging import MergeStep, merge_step
-from ..core.sparsify import class_attention_scores, sparsify
+from ..core.reduction import BlockTokens
+from ..core.sparsify import class_attention_scores
 from ..core.state import SparseTuningState
+from ..errors import UserError
 from .base import _SparseTuningModel, sparse_tuning_class
 
 
@@ -103,33 +104,29 @@ def _check_arguments(layer: nn.Module, args: tuple, kwargs: dict) -> None:
     # Masks are not read: a vision ViT's layers attend to every token.
     given = dict(zip(layer.st_arguments, args), **kwargs)
     if given.get("head_mask") is not None:
-        raise ValueError("head_mask is not supported on a transformers model with Sparse-Tuning")
+        raise UserError("head_mask is not supported on a transformers model with Sparse-Tuning")
     if given.get("output_attentions"):
-        raise ValueError("a transformers model with Sparse-Tuning returns no attention maps (output_attentions); "
-                         "st.kept_tokens(model) says which tokens each sparsification kept")
+        raise UserError("a transformers model with Sparse-Tuning returns no attention maps (output_attentions); "
+                        "st.kept_tokens(model) says which tokens each sparsification kept")
 
 
 def layer_compute(layer: nn.Module, x: torch.Tensor, history: tuple, size: Optional[torch.Tensor]):
     """One layer with Sparse-Tuning, as a pure function of its inputs (a checkpointed layer runs
     it again in the backward pass): attention, the token reduction where asked (earlier adapter
-    outputs follow the same step), the FFN, and the Dense Adapter beside it. size: ToMe's token
-    sizes once it has merged. Returns (out, history, step, size)."""
-    B, N, C = x.shape
+    outputs follow the same plan), the FFN, and the Dense Adapter beside it. size: ToMe's token
+    sizes once it has merged. Returns (out, history, plan, size)."""
     st: SparseTuningState = layer.st
     cfg = st.config
+    rule = cfg.rule
     norm1, attention_module, after_attention, norm2, ffn = layer_parts(layer)
-    ranked = layer.st_sparsify and cfg.reduction == "class-attention"  # random: no scores needed
-    r = cfg.resolve_tome_r(st.depth)[layer.st_index] if cfg.reduction == "tome" else 0
-    attn_out, scores, metric = attention(layer, attention_module, norm1(x), layer.fused_attn, ranked,
-                                         size=size if cfg.proportional_attention else None, keys=r > 0)
+    needs = rule.needs(cfg, layer.st_index, st.depth)
+    attn_out, scores, keys = attention(layer, attention_module, norm1(x), layer.fused_attn, needs.class_scores,
+                                       size=size if needs.sizes else None, keys=needs.keys)
     x = x + after_attention(attn_out)
-    step = None
-    if layer.st_sparsify:
-        x, step = sparsify(x, scores, cfg.keep_rate, st.num_prefix, cfg.merge)
-    elif r:
-        x, size, step = merge_step(x, metric, size, r, st.num_prefix)
-    if step is not None:
-        history = tuple(follow(a, step, st.num_prefix) for a in history)
+    plan = rule.plan(cfg, layer.st_index, st.depth, BlockTokens(x, st.num_prefix, scores, keys, size))
+    if plan is not None:
+        x, size = plan.apply(x), plan.sizes_after(size)
+        history = tuple(follow(a, plan) for a in history)
     out = x + ffn(norm2(x))
     if layer.adapter is not None:
         inputs = [x] + [history[-d] for d in layer.st_dense_inputs]
@@ -141,7 +138,7 @@ def layer_compute(layer: nn.Module, x: torch.Tensor, history: tuple, size: Optio
             out = torch.add(out, a, alpha=st.config.scale)
         keep = max(st.config.dense_inputs, default=0)
         history = (history + (a,))[-keep:] if keep else ()
-    return out, history, step, size
+    return out, history, plan, size
 
 
 def layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
@@ -153,24 +150,20 @@ def layer_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
     x = hidden_states
     B, N, C = x.shape
     if self.st_index == 0:
-        st._history, st._size, st._steps, st._merges, st._tokens = (), None, [], [], []
-        st.last_num_patches, st.last_batch_size = N - st.num_prefix, B
+        st._history, st._size, st._plans, st._tokens, st._input = (), None, [], [], (N, B)
     if (self.gradient_checkpointing or st.grad_checkpointing) and self.training and torch.is_grad_enabled():
         # Non-reentrant always: reentrant checkpointing differentiates only through tensor
         # arguments, and the adapter outputs arrive in a tuple (factored) from earlier layers.
         # transformers' function is used when set (it may offload to the CPU); the keyword wins.
         checkpoint = getattr(self, "_gradient_checkpointing_func", None) or torch.utils.checkpoint.checkpoint
-        out, history, step, size = checkpoint(layer_compute, self, x, st._history, st._size, use_reentrant=False)
+        out, history, plan, size = checkpoint(layer_compute, self, x, st._history, st._size, use_reentrant=False)
     else:
-        out, history, step, size = layer_compute(self, x, st._history, st._size)
-    if self.st_sparsify:
-        st._steps.append(None if step is None else step.detached())
-    st._merges.append(step.detached() if isinstance(step, MergeStep) else None)
+        out, history, plan, size = layer_compute(self, x, st._history, st._size)
+    st._plans.append(None if plan is None else plan.detached())
     st._history, st._size = history, size
     st._tokens.append((N, out.shape[1]))
     if self.st_last:
-        st.last_steps, st.last_tokens, st.last_steps_device = st._steps, st._tokens, out.device
-        st.last_merges = st._merges
+        st.record(st._plans, st._tokens, *st._input, out.device)
         st._history, st._size = (), None  # nothing held past the forward
     return (out,) if self.st_returns_tuple else out
 
@@ -238,15 +231,14 @@ def _claim_checkpointing(model: nn.Module, layers: nn.ModuleList) -> None:
 def patch_layers(model: nn.Module, layers: nn.ModuleList, width: int, heads: int, num_prefix: int,
                  config: SparseTuningConfig) -> SparseTuningState:
     config = dataclasses.replace(config)
-    config.resolve_tome_r(len(layers))  # checked against the depth now
-    sparsify_at = config.reduces_at(len(layers))
+    sparsify_at = config.reduces_at(len(layers))  # the rule's blocks, checked against the depth now
     state = SparseTuningState(config, sparsify_at, num_prefix, layers, list(layers))
     ref = next(model.parameters())
     for i, layer in enumerate(layers):
         layer.st_arguments, layer.st_returns_tuple = _layer_signature(type(layer))
         layer.__class__ = _layer_class(type(layer))
         layer.gradient_checkpointing = getattr(layer, "gradient_checkpointing", False)
-        layer.st, layer.st_index, layer.st_sparsify = state, i, i in sparsify_at
+        layer.st, layer.st_index = state, i
         layer.st_last, layer.st_heads = i == len(layers) - 1, heads
         layer.fused_attn = True
         layer.st_dense_inputs = tuple(d for d in config.dense_inputs if i >= d) if config.adapters else ()

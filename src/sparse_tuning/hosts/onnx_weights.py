@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 
 def onnx_parameters(model: Any) -> dict[str, np.ndarray]:
     """Every parameter of the exported Hugging Face model under its PyTorch name.
@@ -54,11 +56,11 @@ def onnx_parameters(model: Any) -> dict[str, np.ndarray]:
         adds = [c for c in consumers[node.output[0]] if c.op_type == "Add"]
         bias = next((i for c in adds for i in c.input if i.endswith(".bias") and i in params), None)
         if bias is None:
-            raise ValueError(f"MatMul {node.name!r} on {weight} has no named bias after it; "
-                             "cannot tell which Linear it is")
+            raise UserError(f"MatMul {node.name!r} on {weight} has no named bias after it; "
+                            "cannot tell which Linear it is")
         name = bias[: -len(".bias")] + ".weight"
         if name in params:
-            raise ValueError(f"two MatMuls claim {name} ({node.name!r})")
+            raise UserError(f"two MatMuls claim {name} ({node.name!r})")
         params[name] = np.ascontiguousarray(arrays[weight].T)  # MatMul holds W^T
         used_unnamed.add(weight)
 
@@ -69,8 +71,8 @@ def onnx_parameters(model: Any) -> dict[str, np.ndarray]:
     cls_pos = [n for n, a in unnamed.items() if a.shape[1] == 1]
     patch_pos = [n for n, a in unnamed.items() if a.shape[1] > 1 and _is_square(a.shape[1])]
     if len(cls_pos) != 1 or len(patch_pos) != 1:
-        raise ValueError(f"expected one (1, 1, {C}) and one (1, N, {C}) position-embedding constant, found "
-                         f"{[unnamed[n].shape for n in cls_pos + patch_pos]}")
+        raise UserError(f"expected one (1, 1, {C}) and one (1, N, {C}) position-embedding constant, found "
+                        f"{[unnamed[n].shape for n in cls_pos + patch_pos]}")
     prefix = cls_name[: -len("embeddings.cls_token")]
     params[prefix + "embeddings.position_embeddings"] = np.concatenate(
         [unnamed[cls_pos[0]], unnamed[patch_pos[0]]], axis=1)
@@ -106,7 +108,7 @@ def dinov2_to_timm(hf: dict[str, np.ndarray | torch.Tensor], prefix: str = "") -
         out[dst + "ls1.gamma"] = t.pop(src + "layer_scale1.lambda1")
         out[dst + "ls2.gamma"] = t.pop(src + "layer_scale2.lambda1")
     if t:
-        raise ValueError(f"parameters not understood as a Dinov2 backbone: {sorted(t)[:5]}")
+        raise UserError(f"parameters not understood as a Dinov2 backbone: {sorted(t)[:5]}")
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
@@ -127,7 +129,7 @@ def timm_state_from_onnx(path: str | Path, prefix: str | None = None) -> dict[st
 def _find(params: dict[str, Any], suffix: str) -> str:
     hits = [n for n in params if n == suffix or n.endswith("." + suffix)]
     if len(hits) != 1:
-        raise ValueError(f"expected one parameter named *{suffix}, found {hits[:3] or 'none'}")
+        raise UserError(f"expected one parameter named *{suffix}, found {hits[:3] or 'none'}")
     return hits[0]
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from ..core.config import SparseTuningConfig
+from ..errors import UserError
 from .timm_vit import SparseTuningBlocks, patch_vit
 
 
@@ -43,7 +44,7 @@ def _blocks(model: VisionTransformer) -> SparseTuningBlocks:
     blocks = model.blocks
     if blocks.prompts is not None or any(blk.ffn_adapter is not None for blk in blocks) \
             or any(blk.adapter is not None for blk in blocks):
-        raise ValueError("this model already has a method's adapters or prompts; apply one method")
+        raise UserError("this model already has a method's adapters or prompts; apply one method")
     return blocks
 
 
@@ -59,7 +60,7 @@ def add_sequential_adapters(model: VisionTransformer, bottleneck: int) -> list[n
 def add_deep_prompts(model: VisionTransformer, num_prompts: int) -> nn.Parameter:
     """The (depth, n, C) prompts, protected prefix tokens that no reduction removes or merges."""
     if num_prompts < 1:
-        raise ValueError(f"prompts={num_prompts}: expected at least 1 prompt token")
+        raise UserError(f"prompts={num_prompts}: expected at least 1 prompt token")
     blocks = _blocks(model)
     ref = next(model.parameters())
     blocks.st.num_prefix += num_prompts

@@ -14,6 +14,7 @@ from timm.models.vision_transformer import VisionTransformer
 from ..core.config import SparseTuningConfig
 from ..core.state import SparseTuningState
 from . import timm_models  # noqa: F401  (registers the small ViTs with timm)
+from ..errors import UserError
 from .base import Host
 from .timm_vit import check_supported, patch_vit
 
@@ -43,7 +44,7 @@ class TimmHost(Host):
         if not timm.is_model(name):
             close = timm.list_models(f"*{name}*")[:5]
             hint = f"; similar: {', '.join(close)}" if close else "; `timm.list_models('vit_*')` lists them"
-            raise ValueError(f"unknown timm model {name!r}{hint}")
+            raise UserError(f"unknown timm model {name!r}{hint}")
 
     def create(self, name: str, pretrained: bool = False, img_size: Optional[int] = None,
                num_classes: Optional[int] = None, device: str | torch.device = "cpu") -> nn.Module:
@@ -59,8 +60,8 @@ class TimmHost(Host):
         except (OSError, RuntimeError) as e:
             if not pretrained:
                 raise
-            raise ValueError(f"cannot load pre-trained weights for {name} ({e.__class__.__name__}: {e}); "
-                             "offline, pass --weights FILE (a .safetensors/.pth/.bin/.npz checkpoint)") from None
+            raise UserError(f"cannot load pre-trained weights for {name} ({e.__class__.__name__}: {e}); "
+                            "offline, pass --weights FILE (a .safetensors/.pth/.bin/.npz checkpoint)") from None
 
     def load_weights(self, model: nn.Module, path: str | Path) -> None:
         """.npz (Google's ViT format) or a state dict (.safetensors, .pth, .bin), through timm's
@@ -73,8 +74,8 @@ class TimmHost(Host):
             try:
                 model.load_pretrained(str(path))
             except Exception as e:  # a damaged archive or another model's arrays
-                raise ValueError(f"{path} is not a ViT .npz this model can read "
-                                 f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+                raise UserError(f"{path} is not a ViT .npz this model can read "
+                                f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
             return
         from timm.models import load_state_dict
         from timm.models.vision_transformer import checkpoint_filter_fn
@@ -85,8 +86,8 @@ class TimmHost(Host):
                 state = checkpoint_filter_fn(load_state_dict(str(path)), model)
         except Exception as e:  # truncated, random or foreign bytes: safetensors, zip, pickle all differ
             # torch.load runs with weights_only: a file that would run code is refused, not executed.
-            raise ValueError(f"{path} is not a checkpoint this model can read "
-                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+            raise UserError(f"{path} is not a checkpoint this model can read "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
         own = model.state_dict()
         heads = {k for k in state if k.startswith(("head.", "head_dist.")) and k in own
                  and state[k].shape != own[k].shape}
@@ -95,12 +96,12 @@ class TimmHost(Host):
         wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
                  if k in own and state[k].shape != own[k].shape]
         if wrong:
-            raise ValueError(f"{path} does not fit this model: {len(wrong)} weights of other shapes, e.g. {wrong[:3]}")
+            raise UserError(f"{path} does not fit this model: {len(wrong)} weights of other shapes, e.g. {wrong[:3]}")
         result = model.load_state_dict(state, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith(("head.", "head_dist.")) and ".adapter." not in k]
         if missing or result.unexpected_keys:
-            raise ValueError(f"{path} does not fit this model: missing {missing[:5]}, "
-                             f"unexpected {result.unexpected_keys[:5]}")
+            raise UserError(f"{path} does not fit this model: missing {missing[:5]}, "
+                            f"unexpected {result.unexpected_keys[:5]}")
 
     def blocks(self, model: nn.Module) -> nn.Sequential:
         model = self.image_model(model)
@@ -129,18 +130,18 @@ class TimmHost(Host):
     def check_input_size(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
         model = self.image_model(model)
         if len(input_size) != 3:
-            raise ValueError(f"input_size={input_size!r}: expected (channels, height, width)")
+            raise UserError(f"input_size={input_size!r}: expected (channels, height, width)")
         embed = model.patch_embed
         C, H, W = input_size
         ph, pw = embed.patch_size
         if H % ph or W % pw:
-            raise ValueError(f"image size {H}x{W} is not divisible by the patch size {ph}x{pw}")
+            raise UserError(f"image size {H}x{W} is not divisible by the patch size {ph}x{pw}")
         in_chans = embed.proj.in_channels
         if C != in_chans:
-            raise ValueError(f"input has {C} channels; the model takes {in_chans}")
+            raise UserError(f"input has {C} channels; the model takes {in_chans}")
         dynamic = getattr(embed, "dynamic_img_size", False) or not getattr(embed, "strict_img_size", True)
         if not dynamic and (H, W) != tuple(embed.img_size):
-            raise ValueError(
+            raise UserError(
                 f"image size {H}x{W} differs from the model's {embed.img_size[0]}x{embed.img_size[1]}; "
                 "create the model with img_size=... (timm resamples the position embedding) "
                 "or dynamic_img_size=True")

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from ..errors import UserError
 from .timm_vit import check_supported
 
 LAYOUTS = ("joint", "frames")
@@ -26,9 +27,9 @@ class VideoViT(nn.Module):
     def __init__(self, vit: VisionTransformer, frames: int, layout: str = "joint", tubelet: int = 2) -> None:
         super().__init__()
         if layout not in LAYOUTS:
-            raise ValueError(f"video layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+            raise UserError(f"video layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
         if layout == "joint" and (tubelet < 1 or frames % tubelet):
-            raise ValueError(f"frames={frames} must be a multiple of tubelet={tubelet}")
+            raise UserError(f"frames={frames} must be a multiple of tubelet={tubelet}")
         check_video_backbone(vit)
         self.vit, self.frames, self.layout, self.tubelet = vit, frames, layout, tubelet
         if layout == "joint":
@@ -82,7 +83,7 @@ class VideoViT(nn.Module):
             return self(x.flatten(0, 1)).view(B, V, -1).mean(dim=1)
         B, C, T, H, W = x.shape
         if T != self.frames:
-            raise ValueError(f"the model takes {self.frames} frames, got {T}")
+            raise UserError(f"the model takes {self.frames} frames, got {T}")
         vit = self.vit
         if self.layout == "frames":
             feats = vit.forward_head(vit.forward_features(x.transpose(1, 2).flatten(0, 1)), pre_logits=True)
@@ -97,14 +98,14 @@ def check_video_backbone(vit: nn.Module) -> None:
     if getattr(vit, "sparse_tuning", None) is None:
         check_supported(vit, plain_blocks=False)  # adapter and vpt bring their own blocks
     if getattr(vit, "dist_token", None) is not None:
-        raise ValueError("distilled DeiT models are not supported for video (two heads, two prefix tokens)")
+        raise UserError("distilled DeiT models are not supported for video (two heads, two prefix tokens)")
 
 
 def kept_positions(model: VideoViT) -> list[torch.Tensor]:
     """After a forward of the joint layout: per step, (B, k, 2) LongTensors of (time step, patch)
     of the kept tokens; a kept fused token is (-1, -1). Time steps count tubelets."""
     if model.layout != "joint":
-        raise ValueError("kept positions are defined for the joint layout (frames: use kept_tokens per frame)")
+        raise UserError("kept positions are defined for the joint layout (frames: use kept_tokens per frame)")
     N = model.tokens_per_frame()
     out = []
     for k in model.vit.sparse_tuning.kept_tokens():

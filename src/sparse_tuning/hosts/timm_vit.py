@@ -23,9 +23,10 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..core.adapter import AdapterInput, DenseAdapter, follow
 from ..core.config import SparseTuningConfig
-from ..core.merging import MergeStep, merge_step
-from ..core.sparsify import SparsifyStep, class_attention_scores, sparsify
+from ..core.reduction import BlockTokens, Plan
+from ..core.sparsify import class_attention_scores
 from ..core.state import SparseTuningState
+from ..errors import UserError
 from .base import sparse_tuning_class
 
 
@@ -64,10 +65,10 @@ def attention(attn: Attention, x: torch.Tensor, class_scores: bool = False, size
 
 
 class SparseTuningBlock(Block):
-    """A timm Block that may sparsify after its attention and adds a Dense Adapter beside its FFN."""
+    """A timm Block whose reduction rule may reduce the tokens after its attention (core/reduction.py),
+    with a Dense Adapter beside its FFN."""
 
     st_index: int
-    st_sparsify: bool
     st_dense_inputs: tuple[int, ...]   # the distances d (n >= d) whose adapters feed this one
     st: SparseTuningState
     adapter: Optional[DenseAdapter]
@@ -79,7 +80,7 @@ class SparseTuningBlock(Block):
         (factored when ``st.factored_history``); size (B, N, 1): the original patches each token
         holds once ToMe has merged (None before).
 
-        Returns (x, history, step, size) for the next block.
+        Returns (x, history, plan, size) for the next block (plan: the reduction's, or None).
         """
         if history is None or kwargs:
             raise RuntimeError(
@@ -88,26 +89,20 @@ class SparseTuningBlock(Block):
                 "not supported")
         st = self.st
         cfg = st.config
-        B, N, C = x.shape
+        rule = cfg.rule
         h = self.norm1(x)
-        step = None
-        r = cfg.resolve_tome_r(st.depth)[self.st_index] if cfg.reduction == "tome" else 0
-        proportional = size if cfg.proportional_attention else None
-        if self.st_sparsify:  # class-attention or random: rank, keep, merge the rest
-            ranked = cfg.reduction == "class-attention"
-            attn_out, scores, _ = attention(self.attn, h, class_scores=ranked)
-            x = x + self.drop_path1(self.ls1(attn_out))
-            x, step = sparsify(x, scores if ranked else None, cfg.keep_rate, st.num_prefix, cfg.merge)
-        elif r or proportional is not None:  # ToMe
-            attn_out, _, metric = attention(self.attn, h, size=proportional, keys=r > 0)
-            x = x + self.drop_path1(self.ls1(attn_out))
-            if r:
-                x, size, step = merge_step(x, metric, size, r, st.num_prefix)
+        needs = rule.needs(cfg, self.st_index, st.depth)
+        if needs.attention:  # what the rule reads, from inside the attention
+            attn_out, scores, keys = attention(self.attn, h, class_scores=needs.class_scores,
+                                               size=size if needs.sizes else None, keys=needs.keys)
         else:
-            x = x + self.drop_path1(self.ls1(self.attn(h)))
-        if step is not None:
-            # Earlier adapter outputs follow the tokens: the same kept indices and merge weights.
-            history = tuple(follow(a, step, st.num_prefix) for a in history)
+            attn_out, scores, keys = self.attn(h), None, None
+        x = x + self.drop_path1(self.ls1(attn_out))
+        plan = rule.plan(cfg, self.st_index, st.depth, BlockTokens(x, st.num_prefix, scores, keys, size))
+        if plan is not None:
+            x, size = plan.apply(x), plan.sizes_after(size)
+            # Earlier adapter outputs follow the tokens: the same plan (kept indices and merge weights).
+            history = tuple(follow(a, plan) for a in history)
         ffn = self.ls2(self.mlp(self.norm2(x)))
         # Houlsby's place: inside the residual branch, after the FFN (getattr: blocks pickled before it existed)
         if getattr(self, "ffn_adapter", None) is not None:
@@ -124,7 +119,7 @@ class SparseTuningBlock(Block):
             # Keep only the outputs a later adapter will read (the latest max(dense_inputs)).
             keep = max(st.config.dense_inputs, default=0)
             history = (history + (a,))[-keep:] if keep else ()
-        return out, history, step, size
+        return out, history, plan, size
 
 
 def place_prompts(x: torch.Tensor, prompts: torch.Tensor, num_prefix: int, replace: bool) -> torch.Tensor:
@@ -154,25 +149,19 @@ class SparseTuningBlocks(nn.Sequential):
         B, N, C = x.shape
         history: tuple[AdapterInput, ...] = ()
         size: Optional[torch.Tensor] = None
-        steps: list[Optional[SparsifyStep]] = []
-        merges: list[Optional[MergeStep]] = []
+        plans: list[Optional[Plan]] = []
         tokens: list[tuple[int, int]] = []
         for i, blk in enumerate(self):
             if i and prompts is not None:
                 x = place_prompts(x, prompts[i], P, replace=True)
             n_in = x.shape[1]
             if st.grad_checkpointing and torch.is_grad_enabled():
-                x, history, step, size = torch.utils.checkpoint.checkpoint(blk, x, history, size, use_reentrant=False)
+                x, history, plan, size = torch.utils.checkpoint.checkpoint(blk, x, history, size, use_reentrant=False)
             else:
-                x, history, step, size = blk(x, history, size)
+                x, history, plan, size = blk(x, history, size)
             tokens.append((n_in, x.shape[1]))
-            # kept for kept_tokens() and token_sources(): indices only, no autograd graph held
-            if blk.st_sparsify:
-                steps.append(None if step is None else step.detached())
-            merges.append(step.detached() if isinstance(step, MergeStep) else None)
-        st.last_steps, st.last_tokens, st.last_merges = steps, tokens, merges
-        st.last_num_patches, st.last_batch_size = N - st.num_prefix, B
-        st.last_steps_device = x.device
+            plans.append(None if plan is None else plan.detached())  # indices only, no autograd graph held
+        st.record(plans, tokens, N, B, x.device)
         return x if prompts is None else torch.cat([x[:, :P], x[:, P + n:]], dim=1)
 
 
@@ -181,29 +170,29 @@ def check_supported(model: nn.Module, plain_blocks: bool = True) -> None:
     blocks may be a comparison method's (the video wrapper only calls them in order)."""
     if isinstance(getattr(model, "sparse_tuning", None), SparseTuningState):
         if model.blocks.prompts is not None or any(blk.ffn_adapter is not None for blk in model.blocks):
-            raise ValueError("this model already has a method's adapters or prompts (--method adapter or vpt); "
-                             "apply one method, to a fresh model")
-        raise ValueError("Sparse-Tuning is already applied to this model; apply it once, to a fresh model")
+            raise UserError("this model already has a method's adapters or prompts (--method adapter or vpt); "
+                            "apply one method, to a fresh model")
+        raise UserError("Sparse-Tuning is already applied to this model; apply it once, to a fresh model")
     if not isinstance(model, VisionTransformer):
-        raise ValueError(
+        raise UserError(
             f"{type(model).__name__} is not a timm VisionTransformer; Sparse-Tuning needs a plain ViT "
             "(timm.models.vision_transformer.VisionTransformer or a subclass such as DeiT's)")
     if getattr(model, "cls_token", None) is None:
-        raise ValueError("this ViT has no class token; token sparsification ranks tokens by the "
-                         "class token's attention, so a class token is required")
+        raise UserError("this ViT has no class token; token sparsification ranks tokens by the "
+                        "class token's attention, so a class token is required")
     if getattr(model, "attn_pool", None) is not None:
-        raise ValueError("this ViT pools with an attention-pool head (global_pool='map'); Sparse-Tuning "
-                         "needs the class-token head ('token') or average pooling")
+        raise UserError("this ViT pools with an attention-pool head (global_pool='map'); Sparse-Tuning "
+                        "needs the class-token head ('token') or average pooling")
     if not isinstance(model.patch_drop, nn.Identity):
-        raise ValueError("patch dropout (patch_drop_rate > 0) is not supported with token sparsification")
+        raise UserError("patch dropout (patch_drop_rate > 0) is not supported with token sparsification")
     if not plain_blocks:
         return
     if type(model.blocks) is not nn.Sequential:
-        raise ValueError(f"model.blocks is {type(model.blocks).__name__} (another method's change); apply "
-                         "Sparse-Tuning to a plain ViT, or give that method a --reduction")
+        raise UserError(f"model.blocks is {type(model.blocks).__name__} (another method's change); apply "
+                        "Sparse-Tuning to a plain ViT, or give that method a --reduction")
     for i, blk in enumerate(model.blocks):
         if type(blk) is not Block or type(blk.attn) is not Attention:
-            raise ValueError(
+            raise UserError(
                 f"block {i} is {type(blk).__name__} with {type(getattr(blk, 'attn', None)).__name__}; "
                 "Sparse-Tuning supports timm's pre-norm Block with its standard Attention")
 
@@ -213,8 +202,7 @@ def patch_vit(model: VisionTransformer, config: SparseTuningConfig) -> SparseTun
     check_supported(model)
     config = dataclasses.replace(config)  # the model's own copy: its keep rate changes alone
     depth = len(model.blocks)
-    config.resolve_tome_r(depth)  # checked against the depth now
-    sparsify_at = config.reduces_at(depth)
+    sparsify_at = config.reduces_at(depth)  # the rule's blocks, checked against the depth now
     state = SparseTuningState(config, sparsify_at, model.num_prefix_tokens, model.blocks,
                               [blk.attn for blk in model.blocks])
     ref = next(model.parameters())
@@ -222,7 +210,6 @@ def patch_vit(model: VisionTransformer, config: SparseTuningConfig) -> SparseTun
         blk.__class__ = SparseTuningBlock
         blk.st = state
         blk.st_index = i
-        blk.st_sparsify = i in sparsify_at
         blk.st_dense_inputs = tuple(d for d in config.dense_inputs if i >= d) if config.adapters else ()
         blk.adapter = DenseAdapter(
             model.embed_dim, config.bottleneck, 1 + len(blk.st_dense_inputs), config.fusion,

@@ -6,6 +6,7 @@ import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..errors import UserError
 from .base import _REGISTRY, Method, TrainHook, register
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def method_names() -> tuple[str, ...]:
 def get_method(name: str) -> Method:
     methods = _load()
     if name not in methods:
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(method_names())}")
+        raise UserError(f"unknown method {name!r}; expected one of {', '.join(method_names())}")
     return methods[name]
 
 
@@ -65,7 +66,7 @@ def validate_options(values: dict[str, Any]) -> dict[str, Any]:
     """Every method's options, defaults filled in, each method's dataclass checking its own."""
     unknown = sorted(set(values) - set(option_owners()))
     if unknown:
-        raise ValueError(f"unknown method option(s) {unknown}")
+        raise UserError(f"unknown method option(s) {unknown}")
     out = {f.name: values.get(f.name, f.default) for f in options_fields()}
     for method in all_methods():
         method.make_options(out)  # raises ValueError naming a bad field
@@ -73,11 +74,13 @@ def validate_options(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_rule_options(keep_rate: Optional[float], fields: dict[str, Any]) -> None:
-    """Refuse a rule's options given with another rule (they would be ignored): --keep-rate,
-    --sparsify-at and --merge are class-attention's and random's, --tome-r and
-    --proportional-attention ToMe's. A value equal to the default is not an option given (a
+    """Refuse a rule's options given with another rule (they would be ignored): each rule declares
+    the fields it reads (--keep-rate, --sparsify-at and --merge the keep rules', --tome-r and
+    --proportional-attention ToMe's). A value equal to the default is not an option given (a
     whole recorded config carries every field)."""
     from ..core.config import SparseTuningConfig
+
+    from ..core.reduction import get_rule, rule_names
 
     default = SparseTuningConfig()
     rule = fields.get("reduction", default.reduction)
@@ -85,12 +88,11 @@ def _check_rule_options(keep_rate: Optional[float], fields: dict[str, Any]) -> N
              and (tuple(v) if isinstance(v, list) else v) != getattr(default, k)}
     if keep_rate is not None and keep_rate != default.keep_rate:
         given.add("keep_rate")
-    foreign = {"tome": {"keep_rate", "sparsify_at", "merge"}, "none": {"keep_rate", "sparsify_at", "merge",
-                                                                       "tome_r", "proportional_attention"}}.get(
-        rule, {"tome_r", "proportional_attention"}) & given
+    every_rules_fields = set().union(*(get_rule(name).fields for name in rule_names()))
+    foreign = (every_rules_fields - get_rule(rule).fields) & given
     if foreign:
         flags = ", ".join("--" + f.replace("_", "-") for f in sorted(foreign))
-        raise ValueError(f"{flags} does not apply to --reduction {rule}")
+        raise UserError(f"{flags} does not apply to --reduction {rule}")
 
 
 def method_config(name: str, keep_rate: Optional[float] = None, **fields) -> Optional["SparseTuningConfig"]:
@@ -99,23 +101,23 @@ def method_config(name: str, keep_rate: Optional[float] = None, **fields) -> Opt
     method = None if name == "dense" else get_method(name)
     _check_rule_options(keep_rate, fields)
     if method is None and (keep_rate is not None or fields.get("reduction", "none") != "none"):
-        raise ValueError("--method dense is the plain model: --keep-rate and --reduction do not apply to it")
+        raise UserError("--method dense is the plain model: --keep-rate and --reduction do not apply to it")
     if method is None or method.sparse_tuning_config is None:
         reduction = fields.get("reduction")
         if method is not None and reduction not in (None, "none"):
             # A reduction under another method (LoRA with ToMe, EViT's full fine-tuning): the
             # reduction's own fields, no Dense Adapters.
             if method.reduction == "none":
-                raise ValueError(f"--reduction does not apply to --method {name} "
-                                 "(a reduction works with " + ", ".join(
+                raise UserError(f"--reduction does not apply to --method {name} "
+                                "(a reduction works with " + ", ".join(
                                      m.name for m in all_methods() if m.reduction != "none") + ")")
             from ..core.config import SparseTuningConfig
 
             return SparseTuningConfig(**{**fields, **({} if keep_rate is None else {"keep_rate": keep_rate}),
                                          "adapters": False})
         if keep_rate is not None:
-            raise ValueError(f"--keep-rate does not apply to --method {name} (it keeps every token; "
-                             "--reduction class-attention, tome or random reduces them)")
+            raise UserError(f"--keep-rate does not apply to --method {name} (it keeps every token; "
+                            "--reduction class-attention, tome or random reduces them)")
         return None
     return method.sparse_tuning_config(keep_rate, fields)
 
@@ -128,7 +130,7 @@ def prepare(model: "nn.Module", name: str, sparse_tuning: Optional["SparseTuning
         sparse_tuning = method_config(name)
     if sparse_tuning is not None and method.sparse_tuning_config is None:  # a reduction under the method
         if method.reduction == "none":
-            raise ValueError(f"--reduction does not apply to --method {name}")
+            raise UserError(f"--reduction does not apply to --method {name}")
         if method.reduction == "before":
             from ..api import apply
 

@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+from ..errors import UserError
+
 if TYPE_CHECKING:
     import torch.nn as nn
 
@@ -82,7 +84,7 @@ def keep_rate_schedule(model: "nn.Module", train_config: Any, steps_per_epoch: i
     """Every method's train hook: the keep-rate schedule where the model reduces tokens by a keep
     rate, nothing otherwise (the run's config refuses a schedule that cannot apply)."""
     state = getattr(model, "sparse_tuning", None)
-    if state is None or not state.sparsify_at or state.config.reduction == "tome":
+    if state is None or not state.sparsify_at:  # the keep rules' blocks: none without a keep rate
         return TrainHook()
     return KeepRateSchedule(state, round(train_config.keep_rate_warmup * steps_per_epoch),
                             train_config.keep_rate_random, train_config.seed)
@@ -143,4 +145,4 @@ def check_positive(options: Any, *names: str) -> None:
     for name in names:
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r}: expected an integer >= 1")
+            raise UserError(f"{name}={value!r}: expected an integer >= 1")

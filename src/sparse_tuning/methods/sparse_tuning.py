@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..errors import UserError
 from .base import Method, register
 
 if TYPE_CHECKING:
@@ -19,10 +20,10 @@ def _config(keep_rate: Optional[float], fields: dict[str, Any], *, adapters: boo
 
     if every_token:
         if keep_rate is not None:
-            raise ValueError(f"--keep-rate does not apply to --method {every_token} (it keeps every token)")
+            raise UserError(f"--keep-rate does not apply to --method {every_token} (it keeps every token)")
         if fields.get("reduction", "none") != "none":
-            raise ValueError(f"--reduction does not apply to --method {every_token} (it keeps every token); "
-                             "--method sparse-tuning takes any reduction")
+            raise UserError(f"--reduction does not apply to --method {every_token} (it keeps every token); "
+                            "--method sparse-tuning takes any reduction")
         keep_rate = 1.0
     kw = {} if keep_rate is None else {"keep_rate": keep_rate}
     return SparseTuningConfig(**{**fields, **kw, "adapters": adapters})

@@ -51,15 +51,16 @@ def split_row(row: str) -> tuple[str, bool]:
 def row_config(row: str, setup: "BenchSetup"):
     """The method and the Sparse-Tuning or reduction config of a row: 'METHOD' runs the method
     as it is; 'METHOD+RULE' under the reduction RULE at the setup's keep rate or ToMe r."""
+    from ..core.reduction import get_rule
     from ..methods import method_config
 
     name, _ = split_row(row)
     method, _, reduction = name.partition("+")
     fields: dict[str, Any] = {"reduction": reduction} if reduction else {}
-    if reduction == "tome":
+    if reduction and "tome_r" in get_rule(reduction).fields:
         fields["tome_r"] = tuple(setup.tome_r)
     # the keep rate reaches the rows that rank tokens: a rule that does, or a method that does by default
-    ranks = reduction in ("class-attention", "random") or (not reduction and get_method(method).reduces_tokens)
+    ranks = get_rule(reduction).has_keep_rate if reduction else get_method(method).reduces_tokens
     keep = setup.keep_rate if ranks else None
     return method, method_config(method, keep, **fields) if (reduction or keep is not None) else None
 

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from ..api import set_keep_rate
+from ..errors import UserError
 from ..extras import require_extra
 from ..files import atomic_files, atomic_path, atomic_write_bytes
 from ..hosts import build_architecture, host_for, logits_of
@@ -40,7 +41,7 @@ def for_inference(model: nn.Module, method: str) -> nn.Module:
 def check_format(fmt: str) -> None:
     """An export format this installation can write (ONNX needs the export extra)."""
     if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        raise UserError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         require_extra("export", "--format onnx")
 
@@ -111,7 +112,7 @@ def load_model(path: str | Path, keep_rate: Optional[float] = None) -> nn.Module
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not a Sparse-Tuning model file (format {meta.get('format')!r})")
+        raise UserError(f"{path} is not a Sparse-Tuning model file (format {meta.get('format')!r})")
     cfg = RunConfig.from_dict(json.loads(meta["run_config"]))
     model = build_architecture(cfg.model, cfg.img_size, cfg.num_classes, device="cpu")
     prepare(model, cfg.method, cfg.sparse_tuning, cfg.baseline)

@@ -20,6 +20,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..core.state import SparseTuningState
+from ..errors import UserError
 from ..hosts import host_for
 
 
@@ -64,7 +65,7 @@ def reference_formulation(model: nn.Module) -> Iterator[None]:
 def check_input_size(model: nn.Module, input_size: tuple[int, int, int]) -> None:
     """Raise ValueError if the model cannot take images of input_size (C, H, W)."""
     if len(input_size) != 3:
-        raise ValueError(f"input_size={input_size!r}: expected (channels, height, width)")
+        raise UserError(f"input_size={input_size!r}: expected (channels, height, width)")
     try:
         host = host_for(model)
     except ValueError:  # a module no host serves: counted as it is, nothing to check
@@ -126,7 +127,7 @@ def model_cost(model: str, method: str = "sparse-tuning", img_size: Optional[int
     from ..methods import method_config, prepare
 
     if frames is not None and frames < 1:
-        raise ValueError(f"frames={frames}: a clip has at least one frame")
+        raise UserError(f"frames={frames}: a clip has at least one frame")
     config = method_config(method, keep_rate, **sparse_tuning_fields)
     vit = build_architecture(model, img_size, num_classes)
     host = host_for(vit)

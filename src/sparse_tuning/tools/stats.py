@@ -8,6 +8,8 @@ import math
 import statistics
 from typing import Sequence
 
+from ..errors import UserError
+
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 
@@ -18,7 +20,7 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
     accuracies near 0 or 100 and for small test sets.
     """
     if n <= 0:
-        raise ValueError("n must be > 0")
+        raise UserError("n must be > 0")
     p = correct / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -56,7 +58,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, fl
     is 4.3 standard errors, so only a gap that every seed shows alike is called.
     """
     if len(a) != len(b) or len(a) < 2:
-        raise ValueError("need the same seeds, at least two, for both methods")
+        raise UserError("need the same seeds, at least two, for both methods")
     d = [x - y for x, y in zip(a, b)]
     mean, sd = statistics.mean(d), statistics.stdev(d)
     se = sd / math.sqrt(len(d))

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from ..hosts import host_for
 from ..training.evaluate import evaluate
 from .flops import flop_report
@@ -23,7 +24,7 @@ def keep_rate_sweep(model: nn.Module, dataset: Dataset, rates: Sequence[float], 
     images_per_s when timing_rounds > 0. The model's own keep rate is restored afterwards."""
     st = getattr(model, "sparse_tuning", None)
     if st is None or not st.sparsify_at:
-        raise ValueError("a keep-rate sweep needs a model that sparsifies tokens")
+        raise UserError("a keep-rate sweep needs a model that sparsifies tokens")
     size = host_for(model).input_size(model)
     x = torch.randn(batch_size, *size, device=device) if timing_rounds else None
     own, rows = st.keep_rate, []
@@ -66,20 +67,22 @@ def sweep_run(run_dir, rates: Sequence[float], data: Optional[str] = None, batch
     import json
     from pathlib import Path
 
+    from ..core.reduction import get_rule
     from ..files import atomic_write_bytes
     from ..training.devices import resolve_device
     from ..training.run import load_eval_data, load_run
     from .visualize import keep_rate_plot
 
     device = resolve_device(device)
-    if reduction == "tome":
-        raise ValueError("sweep varies the keep rate; ToMe has none (eval --reduction tome --tome-r N measures it)")
+    if reduction not in (None, "none") and not get_rule(reduction).has_keep_rate:
+        raise UserError(f"sweep varies the keep rate; the {reduction} reduction has none (eval --reduction "
+                        f"{reduction} measures it)")
     model, cfg = load_run(run_dir, reduction=reduction)
     st = getattr(model, "sparse_tuning", None)
     if st is None or not st.sparsify_at:
-        raise ValueError(f"sweep needs a run that sparsifies tokens; this one used --method {cfg.method}")
+        raise UserError(f"sweep needs a run that sparsifies tokens; this one used --method {cfg.method}")
     if cfg.video.frames:
-        raise ValueError("sweep measures image runs; for a video run, use eval --keep-rate")
+        raise UserError("sweep measures image runs; for a video run, use eval --keep-rate")
     images = load_eval_data(model, cfg, data)  # loaded once, evaluated at every keep rate
     model.to(device).eval()
     rows = keep_rate_sweep(model, images.eval, rates, batch_size, device, cfg.train.amp,

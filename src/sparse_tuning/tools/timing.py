@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import UserError
+
 
 def synchronize(device: str) -> None:
     if str(device).startswith("cuda"):
@@ -27,7 +29,7 @@ def time_call(fn: Callable[[], object], device: str = "cpu") -> float:
 def interleaved_times(calls: dict, rounds: int, warmup: int = 1, device: str = "cpu") -> dict[str, list[float]]:
     """Seconds of every timed call of each entry; every round calls each entry once, in turn."""
     if rounds < 1:
-        raise ValueError(f"rounds={rounds}: expected at least 1 timed round")
+        raise UserError(f"rounds={rounds}: expected at least 1 timed round")
     times: dict = {name: [] for name in calls}
     for r in range(warmup + rounds):
         for name, fn in calls.items():

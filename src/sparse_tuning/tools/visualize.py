@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..api import kept_tokens
+from ..errors import UserError
 from ..files import atomic_path
 from ..hosts import host_for
 
@@ -182,17 +183,17 @@ def visualize_images(image_paths: Sequence[str | Path], out_dir: str | Path, run
     from ..training.run import load_run, pretrained_with_sparsification
 
     if (run is None) == (model is None):
-        raise ValueError("visualize needs --run RUN_DIR (a trained run) or --model NAME (a pre-trained backbone "
-                         "with token sparsification, nothing trained), not both")
+        raise UserError("visualize needs --run RUN_DIR (a trained run) or --model NAME (a pre-trained backbone "
+                        "with token sparsification, nothing trained), not both")
     image_paths = user_image_paths(image_paths)  # files as given, folders as their images (as predict reads them)
     images = [read_user_image(p) for p in image_paths]  # every file checked before any work
     if run is not None:
         if weights or img_size:
-            raise ValueError("--weights and --img-size come from the run; give them with --model instead")
+            raise UserError("--weights and --img-size come from the run; give them with --model instead")
         net, cfg = load_run(run, keep_rate)
         augment = augment_mode(parse_data_spec(cfg.data), cfg.augment)
         if getattr(net, "sparse_tuning", None) is None or not net.sparse_tuning.sparsify_at:
-            raise ValueError(f"visualize needs a run that sparsifies tokens; this one used --method {cfg.method}")
+            raise UserError(f"visualize needs a run that sparsifies tokens; this one used --method {cfg.method}")
     else:
         net = pretrained_with_sparsification(model, weights, img_size, keep_rate)
         augment = "full"  # evaluation transform: resize, centre crop

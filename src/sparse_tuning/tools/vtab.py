@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import UserError
 from ..files import atomic_write_bytes
 from ..training.run import resolve_config, train_run
 from ..training.run_folder import is_run_folder
@@ -49,7 +50,7 @@ def run_vtab(root: str | Path, out: str | Path, tasks: tuple[str, ...], layers: 
     """Train each task in turn (a finished task is not retrained), then write DIR/vtab.md and .json."""
     unknown = [t for t in tasks if t not in VTAB_TASKS]
     if unknown:
-        raise ValueError(f"unknown VTAB-1K task(s) {unknown}; known: {', '.join(VTAB_TASKS)}")
+        raise UserError(f"unknown VTAB-1K task(s) {unknown}; known: {', '.join(VTAB_TASKS)}")
     root, out = Path(root), Path(out)
     missing = [t for t in tasks if not (root / t).is_dir()]
     if missing:

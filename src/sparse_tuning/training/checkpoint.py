@@ -20,6 +20,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from ..errors import UserError
 from ..files import atomic_write_bytes
 from ..hosts import host_for
 
@@ -81,15 +82,15 @@ def load_trainable(model: nn.Module, path: Path) -> None:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} cannot be read ({e}); the run's trained weights are damaged") from None
+        raise UserError(f"{path} cannot be read ({e}); the run's trained weights are damaged") from None
     params = _trainable(model)
     if set(tensors) != set(params) and set(tensors) == set(_trainable(model, by_file_name=False)):
         params = _trainable(model, by_file_name=False)  # written with the model's own names
     tensors = {_renamed(k, params): t for k, t in tensors.items()}
     if set(tensors) != set(params) or any(tensors[k].shape != params[k].shape for k in params):
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-        raise ValueError(f"{path} is from another model or config "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(f"{path} is from another model or config "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     with torch.no_grad():
         for k, p in params.items():
             p.copy_(tensors[k])
@@ -123,7 +124,7 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
             name = None
         else:
             if not (isinstance(name, str) and re.fullmatch(r"step-\d{7}", name)):
-                raise ValueError(f"{pointer} names {name!r}, not a checkpoint folder of this run (step-NNNNNNN)")
+                raise UserError(f"{pointer} names {name!r}, not a checkpoint folder of this run (step-NNNNNNN)")
     if name is not None:
         return root / name
     complete = [f for f in sorted(root.glob("step-*")) if re.fullmatch(r"step-\d{7}", f.name)

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from ..core.reduction import get_rule, rule_names
 from ..core.config import SparseTuningConfig
 from ..data.options import AUGMENTS, VIDEO_KINDS, VideoConfig, absolute_spec
+from ..errors import UserError
 from .validate import check_values
 from ..methods import get_method, method_config, method_names, option_owners, validate_options
 from ..text import count
@@ -77,25 +79,25 @@ class TrainConfig:
         if self.warmup_epochs is None and isinstance(self.epochs, int):
             self.warmup_epochs = default_warmup(self.epochs)
         if self.amp not in AMPS:
-            raise ValueError(f"amp={self.amp!r}: expected bf16, fp16 or off")
+            raise UserError(f"amp={self.amp!r}: expected bf16, fp16 or off")
         for name in ("epochs", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
+                raise UserError(f"{name}={getattr(self, name)!r}: expected an integer >= 1")
         if (self.lr is not None and self.lr <= 0) or self.min_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ValueError("lr must be > 0; min_lr, weight_decay and warmup_epochs must be >= 0")
+            raise UserError("lr must be > 0; min_lr, weight_decay and warmup_epochs must be >= 0")
         if not 0 <= self.keep_rate_random <= 1:
-            raise ValueError(f"keep_rate_random={self.keep_rate_random!r}: expected the lowest keep rate drawn, in "
-                             "(0, 1] (0: off)")
+            raise UserError(f"keep_rate_random={self.keep_rate_random!r}: expected the lowest keep rate drawn, in "
+                            "(0, 1] (0: off)")
         if self.save_every < 0 or self.num_workers < 0 or self.keep_rate_warmup < 0:
-            raise ValueError("save_every, num_workers and keep_rate_warmup must be >= 0")
+            raise UserError("save_every, num_workers and keep_rate_warmup must be >= 0")
         if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError(f"clip_grad={self.clip_grad!r}: expected a norm > 0 (leave it unset for no clipping)")
+            raise UserError(f"clip_grad={self.clip_grad!r}: expected a norm > 0 (leave it unset for no clipping)")
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing={self.label_smoothing!r}: expected a number in [0, 1)")
+            raise UserError(f"label_smoothing={self.label_smoothing!r}: expected a number in [0, 1)")
         if self.self_distill < 0 or self.teacher_weight < 0 or self.distill_temperature <= 0:
-            raise ValueError("self_distill and teacher_weight must be >= 0, distill_temperature > 0")
+            raise UserError("self_distill and teacher_weight must be >= 0, distill_temperature > 0")
         if self.mixup < 0 or self.cutmix < 0:
-            raise ValueError("mixup and cutmix are Beta-distribution alphas: >= 0 (0: off)")
+            raise UserError("mixup and cutmix are Beta-distribution alphas: >= 0 (0: off)")
         check_device(self.device)
 
 
@@ -109,7 +111,7 @@ def check_device(device: str) -> None:
     import re
 
     if not re.fullmatch(r"auto|cpu|(cuda|mps|xpu)(:\d+)?", str(device)):
-        raise ValueError(f"device={device!r}: expected auto, cpu, cuda, cuda:N, mps or xpu")
+        raise UserError(f"device={device!r}: expected auto, cpu, cuda, cuda:N, mps or xpu")
 
 
 def check_machine(train: TrainConfig) -> None:
@@ -119,12 +121,12 @@ def check_machine(train: TrainConfig) -> None:
 
         known = list_backends(exclude_tags=())
         if train.compile_backend not in known:
-            raise ValueError(f"compile_backend={train.compile_backend!r}: expected one of {', '.join(known)}")
+            raise UserError(f"compile_backend={train.compile_backend!r}: expected one of {', '.join(known)}")
     if train.amp == "fp16":
         import torch  # only here: a config without fp16 is checked without torch
 
         if train.device == "cpu" or not torch.cuda.is_available():
-            raise ValueError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
+            raise UserError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
 
 
 @dataclass
@@ -211,13 +213,13 @@ def _nest(layer: dict[str, Any]) -> dict[str, Any]:
     for key, value in layer.items():
         if key in SECTIONS:
             if not isinstance(value or {}, dict):
-                raise ValueError(f"option {key!r} holds a mapping of options, got {value!r}")
+                raise UserError(f"option {key!r} holds a mapping of options, got {value!r}")
             fields = section_fields(key)
             for name in value or {}:
                 if name not in fields:
                     close = difflib.get_close_matches(name, fields, n=1)
-                    raise ValueError(f"unknown option {name!r} under {key}:"
-                                     + (f"; did you mean {close[0]!r}?" if close else ""))
+                    raise UserError(f"unknown option {name!r} under {key}:"
+                                    + (f"; did you mean {close[0]!r}?" if close else ""))
             out.setdefault(key, {}).update(value or {})
         elif key in owner:
             out.setdefault(owner[key], {})[key] = value
@@ -225,8 +227,8 @@ def _nest(layer: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
         else:
             close = difflib.get_close_matches(key, sorted(top | set(owner)), n=1)
-            raise ValueError(f"unknown option {key!r} in the configuration"
-                             + (f"; did you mean {close[0]!r}?" if close else ""))
+            raise UserError(f"unknown option {key!r} in the configuration"
+                            + (f"; did you mean {close[0]!r}?" if close else ""))
     return out
 
 
@@ -245,12 +247,12 @@ def resolve_config(*layers: dict[str, Any]) -> RunConfig:
     preset = merged.get("preset")
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
+            raise UserError(f"preset {preset!r}: expected one of {', '.join(PRESETS)}")
         for section, values in PRESETS[preset].items():  # presets sit under everything the user gave
             merged[section] = {**values, **merged[section]}
     method = merged.get("method", RunConfig.method)
     if method not in method_names():
-        raise ValueError(f"method {method!r}: expected one of {', '.join(method_names())}")
+        raise UserError(f"method {method!r}: expected one of {', '.join(method_names())}")
     fields = dict(merged["sparse_tuning"])
     keep = fields.pop("keep_rate", None)
     if fields.pop("adapters", True) is False:  # --no-adapters: sparse-tuning becomes ts-only
@@ -293,41 +295,42 @@ def check_run_config(cfg: RunConfig) -> None:
     for name in ("train_samples", "eval_samples"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name}={value!r}: expected an integer >= 0 (0: every image)")
+            raise UserError(f"{name}={value!r}: expected an integer >= 0 (0: every image)")
         if value and cfg.is_video:
-            raise ValueError(f"{name} takes a subset of image data; it does not apply to video data")
+            raise UserError(f"{name} takes a subset of image data; it does not apply to video data")
     if cfg.augment not in AUGMENTS:
-        raise ValueError(f"augment={cfg.augment!r}: expected one of {', '.join(AUGMENTS)}")
+        raise UserError(f"augment={cfg.augment!r}: expected one of {', '.join(AUGMENTS)}")
     if cfg.data and cfg.is_video != bool(cfg.video.frames):
-        raise ValueError("video data (kinetics:, ssv2:, frames:, videolist:) needs --frames N, and --frames "
-                         "needs video data")
+        raise UserError("video data (kinetics:, ssv2:, frames:, videolist:) needs --frames N, and --frames "
+                        "needs video data")
     if cfg.train.self_distill and (cfg.sparse_tuning is None or cfg.sparse_tuning.keeps_every_token):
-        raise ValueError(f"self_distill distils the every-token pass into a model that reduces tokens; --method "
-                         f"{cfg.method} keeps every token here (give it a --reduction, or use --method sparse-tuning)")
+        raise UserError(f"self_distill distils the every-token pass into a model that reduces tokens; --method "
+                        f"{cfg.method} keeps every token here (give it a --reduction, or use --method sparse-tuning)")
     if cfg.train.teacher and not cfg.train.teacher_weight:
-        raise ValueError("teacher_weight=0 turns the --teacher term off; give it a weight > 0, or no --teacher")
+        raise UserError("teacher_weight=0 turns the --teacher term off; give it a weight > 0, or no --teacher")
     if cfg.is_video and cfg.augment != "auto":
-        raise ValueError(f"--augment {cfg.augment} is for images; a video run samples and crops its clips by the "
-                         "video recipe (--frames and its options)")
+        raise UserError(f"--augment {cfg.augment} is for images; a video run samples and crops its clips by the "
+                        "video recipe (--frames and its options)")
     low = cfg.train.keep_rate_random
     if low and cfg.sparse_tuning is not None and not cfg.sparse_tuning.keeps_every_token:
         if low >= 1:
-            raise ValueError("keep_rate_random=1 draws only keep rate 1: training on every token; to train dense "
-                             "and reduce at inference, train without a reduction and give eval --reduction")
+            raise UserError("keep_rate_random=1 draws only keep rate 1: training on every token; to train dense "
+                            "and reduce at inference, train without a reduction and give eval --reduction")
         if low > cfg.sparse_tuning.keep_rate:
-            raise ValueError(f"keep_rate_random={low:g} draws keep rates in [{low:g}, 1], above the keep rate "
-                             f"{cfg.sparse_tuning.keep_rate:g} that evaluation uses; give at most --keep-rate")
+            raise UserError(f"keep_rate_random={low:g} draws keep rates in [{low:g}, 1], above the keep rate "
+                            f"{cfg.sparse_tuning.keep_rate:g} that evaluation uses; give at most --keep-rate")
         if cfg.train.compile:
-            raise ValueError("keep_rate_random changes the number of tokens at every step, and torch.compile "
-                             "would compile the model again for each; leave out --compile")
+            raise UserError("keep_rate_random changes the number of tokens at every step, and torch.compile "
+                            "would compile the model again for each; leave out --compile")
     schedule = [f for f in ("keep_rate_warmup", "keep_rate_random") if getattr(cfg.train, f)]
     st = cfg.sparse_tuning
-    if schedule and (st is None or st.keeps_every_token or st.reduction == "tome"):
-        raise ValueError(f"{schedule[0]} schedules the keep rate of a model that reduces tokens by one (--method "
-                         f"sparse-tuning or ts-only, or any method with --reduction class-attention or random); "
-                         f"--method {cfg.method} here " + ("merges with ToMe, which has no keep rate"
-                                                            if st is not None and st.reduction == "tome"
-                                                            else "keeps every token"))
+    if schedule and (st is None or st.keeps_every_token or not st.rule.has_keep_rate):
+        keep_rules = ", ".join(name for name in rule_names() if get_rule(name).has_keep_rate)
+        raise UserError(f"{schedule[0]} schedules the keep rate of a model that reduces tokens by one (--method "
+                        f"sparse-tuning or ts-only, or any method with --reduction {keep_rules}); --method "
+                        f"{cfg.method} here " + (f"reduces by {st.reduction}, which has no keep rate"
+                                                  if st is not None and not st.keeps_every_token
+                                                  else "keeps every token"))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -342,14 +345,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+            raise UserError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     else:
         try:
             data = json.loads(text)
         except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+            raise UserError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of options")
+        raise UserError(f"{path}: expected a mapping of options")
     norm = lambda d: {k.replace("-", "_"): (norm(v) if isinstance(v, dict) else v) for k, v in d.items()}
     return norm(data)
 
@@ -361,7 +364,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     try:
         recorded = json.loads(path.read_text())
         if not isinstance(recorded, dict):
-            raise ValueError("not a JSON object")
+            raise UserError("not a JSON object")
         train = dict(recorded.get("train") or {})
         if train.get("clip_grad") == 0:  # written before 0 was refused: it meant no clipping
             train["clip_grad"] = None
@@ -372,7 +375,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
             check_values(cls, recorded.get(section) or {}, section)
         return RunConfig.from_dict(recorded)
     except ValueError as e:
-        raise ValueError(f"{path} cannot be read as a run's config: {e}") from None
+        raise UserError(f"{path} cannot be read as a run's config: {e}") from None
 
 
 # What a resume may find changed without a word: where the run happens (device, workers, batch

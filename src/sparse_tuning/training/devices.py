@@ -5,6 +5,8 @@ from contextlib import nullcontext
 
 import torch
 
+from ..errors import UserError
+
 
 def resolve_device(device: str) -> str:
     from .config import check_device
@@ -13,7 +15,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+        raise UserError(f"device {device!r} requested but no CUDA GPU is available")
     return device
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UserError
 from ..hosts import logits_of
 
 
@@ -31,16 +32,20 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
 
 @contextmanager
 def every_token(model: nn.Module) -> Iterator[None]:
-    """The model with its token reduction off (keep rate 1, ToMe r 0), restored afterwards."""
+    """The model with its token reduction off (the rule's own settings that remove nothing: keep
+    rate 1, ToMe r 0, ...), restored afterwards."""
     st = getattr(model, "sparse_tuning", None)
     if st is None:
-        raise ValueError("self-distillation needs a model that reduces tokens (--method sparse-tuning or a --reduction)")
-    saved = st.config.keep_rate, st.config.tome_r
-    st.config.keep_rate, st.config.tome_r = 1.0, (0,)
+        raise UserError("self-distillation needs a model that reduces tokens (--method sparse-tuning or a --reduction)")
+    off = st.config.rule.removing_nothing(st.config)
+    saved = {name: getattr(st.config, name) for name in off}
+    for name, value in off.items():
+        setattr(st.config, name, value)
     try:
         yield
     finally:
-        st.config.keep_rate, st.config.tome_r = saved
+        for name, value in saved.items():
+            setattr(st.config, name, value)
 
 
 @contextmanager

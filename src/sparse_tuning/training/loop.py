@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from ..api import token_metrics
 from ..data.images import ImageData, SeededDataset, collate_skipping, quiet_worker, worker_batches
+from ..errors import UserError
 from ..hosts import host_for, logits_of
 from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -72,30 +73,30 @@ class Trainer:
         self.choices = choices or {}
         self.distill = distill or Distillation(cfg.self_distill, temperature=cfg.distill_temperature)
         if cfg.lr is None:
-            raise ValueError("TrainConfig.lr is unset: resolve_config fills in the method's default")
+            raise UserError("TrainConfig.lr is unset: resolve_config fills in the method's default")
         self.metadata, self.record, self.changeable = metadata or {}, record, changeable
         device = resolve_device(cfg.device)
         self.d = d = init_distributed(device)
         self.device = f"cuda:{d.local_rank}" if device == "cuda" else device
         self.micro, rest = divmod(cfg.batch_size, d.world * cfg.grad_accum)
         if rest or self.micro < 1:
-            raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of ranks x grad_accum "
-                             f"({d.world} x {cfg.grad_accum})")
+            raise UserError(f"batch_size {cfg.batch_size} must be a multiple of ranks x grad_accum "
+                            f"({d.world} x {cfg.grad_accum})")
         self.steps_per_epoch = len(data.train) // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the training set has {len(data.train)} images, fewer than one batch of {cfg.batch_size}")
+            raise UserError(f"the training set has {len(data.train)} images, fewer than one batch of {cfg.batch_size}")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
         if hook is None and (cfg.keep_rate_warmup or cfg.keep_rate_random):
-            raise ValueError("keep_rate_warmup and keep_rate_random are the method's schedule: pass "
-                             "hook=get_method(name).train_hook")
+            raise UserError("keep_rate_warmup and keep_rate_random are the method's schedule: pass "
+                            "hook=get_method(name).train_hook")
         if distill is None and cfg.teacher:
-            raise ValueError("TrainConfig.teacher names a run folder: pass distill=Distillation(..., teacher=the "
-                             "loaded model) (training.run does)")
+            raise UserError("TrainConfig.teacher names a run folder: pass distill=Distillation(..., teacher=the "
+                            "loaded model) (training.run does)")
         if cfg.amp == "fp16" and not self.device.startswith("cuda"):
-            raise ValueError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
+            raise UserError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
         self.hook = hook(model, cfg, self.steps_per_epoch) if hook is not None else TrainHook()
 
         if cfg.grad_checkpointing:

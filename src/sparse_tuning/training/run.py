@@ -20,6 +20,7 @@ import torch.nn as nn
 from ..adapter_io import save_adapters
 from ..data.options import absolute_spec
 from ..api import set_keep_rate
+from ..errors import UserError
 from ..files import atomic_write_bytes
 from ..hosts import build_architecture, host_for, host_named, logits_of
 from ..methods import get_method, prepare
@@ -110,7 +111,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, resume: bool = False, log=pri
     the folder changes before every check has passed."""
     run_dir = Path(run_dir)
     if not cfg.model or not cfg.data:
-        raise ValueError("train needs --model NAME and --data SPEC")
+        raise UserError("train needs --model NAME and --data SPEC")
     main = _is_main()
     if main and not resume:
         check_new_folder(run_dir)
@@ -181,19 +182,19 @@ def teacher_model(cfg: RunConfig, student: nn.Module) -> Optional[nn.Module]:
         raise RunFolderError(f"--teacher {cfg.train.teacher} is not a trained run folder")
     teacher, taught = load_run(cfg.train.teacher)
     if (taught.num_classes, list(taught.classes)) != (cfg.num_classes, list(cfg.classes)):
-        raise ValueError(f"--teacher {cfg.train.teacher} was trained on {taught.num_classes} classes "
-                         f"({', '.join(taught.classes[:3])}, ...); this run has {cfg.num_classes} "
-                         f"({', '.join(cfg.classes[:3])}, ...): its logits would name other classes")
+        raise UserError(f"--teacher {cfg.train.teacher} was trained on {taught.num_classes} classes "
+                        f"({', '.join(taught.classes[:3])}, ...); this run has {cfg.num_classes} "
+                        f"({', '.join(cfg.classes[:3])}, ...): its logits would name other classes")
     if taught.video.frames != cfg.video.frames:
         what = lambda frames: f"clips of {count(frames, 'frame')}" if frames else "images"
-        raise ValueError(f"--teacher {cfg.train.teacher} reads {what(taught.video.frames)}; this run reads "
-                         f"{what(cfg.video.frames)}: it sees the student's batch")
+        raise UserError(f"--teacher {cfg.train.teacher} reads {what(taught.video.frames)}; this run reads "
+                        f"{what(cfg.video.frames)}: it sees the student's batch")
     keys = ("input_size", "mean", "std")
     mine, theirs = (host_for(m).data_config(host_for(m).image_model(m)) for m in (student, teacher))
     differ = [k for k in keys if tuple(mine[k]) != tuple(theirs[k])]
     if differ:
-        raise ValueError(f"--teacher {cfg.train.teacher} reads images with another {differ[0]} "
-                         f"({tuple(theirs[differ[0]])}, this run {tuple(mine[differ[0]])}); it sees the student's batch")
+        raise UserError(f"--teacher {cfg.train.teacher} reads images with another {differ[0]} "
+                        f"({tuple(theirs[differ[0]])}, this run {tuple(mine[differ[0]])}); it sees the student's batch")
     return teacher
 
 
@@ -214,8 +215,8 @@ def reduced_at_inference(cfg: RunConfig, reduction: str, keep_rate: Optional[flo
     from ..methods import method_config
 
     if cfg.sparse_tuning is not None and not cfg.sparse_tuning.keeps_every_token:
-        raise ValueError(f"--reduction rebuilds a run trained on every token; this one already reduces tokens "
-                         f"({cfg.sparse_tuning.describe_reduction()}): --keep-rate changes its rate")
+        raise UserError(f"--reduction rebuilds a run trained on every token; this one already reduces tokens "
+                        f"({cfg.sparse_tuning.describe_reduction()}): --keep-rate changes its rate")
     method, fields = cfg.method, {"reduction": reduction}
     if cfg.sparse_tuning is not None:  # the run's own settings (bottleneck, scale, blocks, merge) stay
         fields.update({k: v for k, v in cfg.sparse_tuning.to_dict().items()
@@ -237,7 +238,7 @@ def load_run(run_dir: str | Path, keep_rate: Optional[float] = None, reduction: 
         cfg = reduced_at_inference(cfg, reduction, keep_rate, tome_r)
         keep_rate = None  # in the config already
     elif tome_r is not None:
-        raise ValueError("--tome-r goes with --reduction tome")
+        raise UserError("--tome-r goes with --reduction tome")
     weights = Path(run_dir) / "trainable.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found: the run has not finished (resume it with --resume)")
@@ -252,12 +253,12 @@ def load_eval_data(model: nn.Module, cfg: RunConfig, data: Optional[str] = None)
     """A run's data (or another spec), checked against the number of classes it was trained on."""
     images = load_data(cfg, host_for(model).image_model(model), data, eval_only=True)
     if images.num_classes != cfg.num_classes:
-        raise ValueError(f"the data has {images.num_classes} classes; the run was trained on {cfg.num_classes}")
+        raise UserError(f"the data has {images.num_classes} classes; the run was trained on {cfg.num_classes}")
     if cfg.classes and list(images.classes) != list(cfg.classes):
         differ = [f"{i}: {a!r} here, {b!r} in the run" for i, (a, b) in enumerate(zip(images.classes, cfg.classes))
                   if a != b]
-        raise ValueError(f"the data's classes are not the run's (label {differ[0]}); its accuracy would be "
-                         "measured against the wrong names")
+        raise UserError(f"the data's classes are not the run's (label {differ[0]}); its accuracy would be "
+                        "measured against the wrong names")
     return images
 
 
@@ -299,7 +300,7 @@ def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rat
     images = user_image_paths(images)
     model, cfg = load_run(run_dir, keep_rate)
     if cfg.video.frames:
-        raise ValueError("predict reads images; for a video run, use eval")
+        raise UserError("predict reads images; for a video run, use eval")
     device = resolve_device(device)
     model.to(device)
     _, transform = make_transforms(model, augment_mode(parse_data_spec(cfg.data), cfg.augment))

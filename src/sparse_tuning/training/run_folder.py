@@ -13,8 +13,10 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import UserError
 
-class RunFolderError(ValueError):
+
+class RunFolderError(UserError):
     """The run folder cannot be used as asked; the message says why and what to do."""
 
 

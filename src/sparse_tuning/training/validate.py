@@ -8,6 +8,8 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+from ..errors import UserError
+
 
 def _describe(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
@@ -52,4 +54,4 @@ def check_values(cls: type, values: dict[str, Any], section: str = "") -> None:
     for name, value in values.items():
         if name in hints and not dataclasses.is_dataclass(value) and not fits(value, hints[name]):
             where = f"{section}.{name}" if section else name
-            raise ValueError(f"{where}={value!r}: expected {_describe(hints[name])}")
+            raise UserError(f"{where}={value!r}: expected {_describe(hints[name])}")
