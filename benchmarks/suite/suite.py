@@ -130,6 +130,10 @@ def train_cell(args: argparse.Namespace, cell: Path, run: Path, cfg: Any) -> dic
     if cell.is_file():
         return json.loads(cell.read_text())
     start = time.perf_counter()
+    if is_run_folder(run) and stale(run, cfg):  # a scratch run of an older protocol: trained again
+        import shutil
+
+        shutil.rmtree(run)
     if is_run_folder(run) and not (run / "results.json").is_file():
         results = train_run(resume_config(run), run, resume=True, log=lambda line: None)
     elif (run / "results.json").is_file():
@@ -141,6 +145,15 @@ def train_cell(args: argparse.Namespace, cell: Path, run: Path, cfg: Any) -> dic
     cell.parent.mkdir(parents=True, exist_ok=True)
     cell.write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def stale(run: Path, cfg: Any) -> bool:
+    """The scratch run at ``run`` was trained with another config than ``cfg`` (what train fills in
+    from the data, the classes and the chosen augmentation's reason, aside)."""
+    from sparse_tuning.training.config import comparable_record, read_run_config
+
+    then, now = (comparable_record(c.to_dict(), ()) for c in (read_run_config(run), cfg))
+    return any(then.get(k) != v for k, v in now.items() if k not in ("num_classes", "classes"))
 
 
 def evaluate_cell(args: argparse.Namespace, task: str, name: str, seed: int, lr: float) -> dict[str, Any]:
