@@ -355,9 +355,12 @@ def test_methods_whose_blocks_are_their_own_refuse_a_reduction():
 
     with pytest.raises(ValueError, match="does not apply to --method da-only"):
         method_config("da-only", reduction="tome")
+    from sparse_tuning.tools.flops import model_cost
+
     with pytest.raises(ValueError, match="--method dense is the plain model"):
-        method_config("dense", reduction="tome", tome_r=(8,))
-    with pytest.raises(ValueError, match="--reduction class-attention, tome or random reduces them"):
+        model_cost("st_vit_micro_patch4_32", "dense", reduction="tome", tome_r=(8,))
+    with pytest.raises(ValueError, match="--keep-rate does not apply to --method lora .it keeps every token; a "
+                                         "--reduction reduces them"):
         method_config("lora", 0.5)
 
 

@@ -1,9 +1,11 @@
-"""What a host is: the one place that reads a host library's model (timm's ViT today).
+"""What a host is: the one place that reads a host library's model (timm's and transformers' ViTs).
 
 Everything built on the hosts (methods, data, training, tools, CLI) asks the model's host, found
 with ``hosts.host_for(model)`` or ``hosts.host_named(name)``, instead of reading attributes such
-as ``patch_embed`` or ``cls_token`` itself; adding a host is one module implementing ``Host``
-and one line in ``hosts/__init__.py``.
+as ``patch_embed`` or ``cls_token`` itself. A host is two things: what its models are
+(``ModelFacts``: the small protocol the rest reads) and how they are made and loaded
+(``ModelZoo``). Adding a host is one module implementing both as a ``Host`` and one line in
+``hosts/__init__.py``.
 """
 from __future__ import annotations
 
@@ -17,8 +19,12 @@ from ..core.state import SparseTuningState
 from ..errors import UserError
 
 
-class Host:
-    """The questions the rest of the package asks about a model, and the changes it asks for."""
+class ModelFacts:
+    """What a model is, and the changes the methods make to it: the protocol the code built on the
+    hosts reads a model through (its blocks, width, heads and prefix tokens, its attention
+    modules, its head) and the places the methods change (Sparse-Tuning's blocks, adapters,
+    prompts, LoRA targets). The blocks a host patches call the reduction protocol
+    (core/reduction.py) inside their own attention."""
 
     name: str = ""
     serves: str = ""  # what it serves, for the error that refuses another model
@@ -27,36 +33,21 @@ class Host:
         """The image model inside this host's video wrapper; the model itself otherwise."""
         return model
 
-    # --- which models ----------------------------------------------------------------------
+    # --- which models -----------------------------------------------------------------------
     def owns(self, model: nn.Module) -> bool:
         """Whether ``model`` is one of this host's models (patched or not)."""
         raise NotImplementedError
 
     def check_supported(self, model: nn.Module) -> None:
-        """Raise ValueError naming why the model cannot take Sparse-Tuning."""
-        raise NotImplementedError
-
-    # --- building ----------------------------------------------------------------------------
-    def knows(self, name: str) -> bool:
-        """Whether the host builds a model of this name."""
-        raise NotImplementedError
-
-    def check_name(self, name: str) -> None:
-        """Raise ValueError (with close names) if the host has no model of that name."""
-        raise NotImplementedError
-
-    def create(self, name: str, pretrained: bool = False, img_size: Optional[int] = None,
-               num_classes: Optional[int] = None, device: str | torch.device = "cpu") -> nn.Module:
-        """A model by name; ``device="meta"`` builds the architecture with no memory and no time."""
-        raise NotImplementedError
-
-    def load_weights(self, model: nn.Module, path: str) -> None:
-        """A local checkpoint into the backbone; a classifier of another shape is left out."""
+        """Raise UserError naming why the model cannot take Sparse-Tuning."""
         raise NotImplementedError
 
     # --- facts ---------------------------------------------------------------------------------
     def blocks(self, model: nn.Module) -> nn.Sequential:
         raise NotImplementedError
+
+    def depth(self, model: nn.Module) -> int:
+        return len(self.blocks(model))
 
     def width(self, model: nn.Module) -> int:
         raise NotImplementedError
@@ -76,7 +67,7 @@ class Host:
         raise NotImplementedError
 
     def check_input_size(self, model: nn.Module, input_size: tuple[int, int, int]) -> None:
-        """Raise ValueError if the model cannot take images of (C, H, W)."""
+        """Raise UserError if the model cannot take images of (C, H, W)."""
         raise NotImplementedError
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
@@ -88,15 +79,11 @@ class Host:
         """The classification head(s)."""
         raise NotImplementedError
 
-    def data_config(self, model: nn.Module) -> dict[str, Any]:
-        """Preprocessing of the weights: input_size, mean, std, interpolation, crop_pct, crop_mode."""
-        raise NotImplementedError
-
     def signature(self, model: nn.Module) -> dict[str, Any]:
         """What an adapter file must agree with (class, embed_dim, depth, num_heads,
         num_prefix_tokens, num_classes)."""
         return {"class": original_class(model).__name__, "embed_dim": self.width(model),
-                "depth": len(self.blocks(model)), "num_heads": self.num_heads(model),
+                "depth": self.depth(model), "num_heads": self.num_heads(model),
                 "num_prefix_tokens": self.num_prefix_tokens(model),
                 "num_classes": int(self.classifier_classes(model))}
 
@@ -142,6 +129,38 @@ class Host:
     def video_model(self, model: nn.Module, frames: int, layout: str, tubelet: int) -> nn.Module:
         """The image model wrapped for (B, C, T, H, W) clips."""
         raise UserError(f"video is not available on {self.name} models")
+
+
+
+
+class ModelZoo:
+    """How a host's models are made and loaded: by name (from its library or hub), from a local
+    checkpoint, and with the preprocessing their weights expect."""
+
+    def knows(self, name: str) -> bool:
+        """Whether the host builds a model of this name."""
+        raise NotImplementedError
+
+    def check_name(self, name: str) -> None:
+        """Raise UserError (with close names) if the host has no model of that name."""
+        raise NotImplementedError
+
+    def create(self, name: str, pretrained: bool = False, img_size: Optional[int] = None,
+               num_classes: Optional[int] = None, device: str | torch.device = "cpu") -> nn.Module:
+        """A model by name; ``device="meta"`` builds the architecture with no memory and no time."""
+        raise NotImplementedError
+
+    def load_weights(self, model: nn.Module, path: str) -> None:
+        """A local checkpoint into the backbone; a classifier of another shape is left out."""
+        raise NotImplementedError
+
+    def data_config(self, model: nn.Module) -> dict[str, Any]:
+        """Preprocessing of the weights: input_size, mean, std, interpolation, crop_pct, crop_mode."""
+        raise NotImplementedError
+
+
+class Host(ModelFacts, ModelZoo):
+    """A host library: what its models are (``ModelFacts``) and how they are made (``ModelZoo``)."""
 
 
 _model_classes: dict[tuple[type, type], type] = {}

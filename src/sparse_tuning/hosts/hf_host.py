@@ -291,5 +291,5 @@ class HFHost(Host):
         return name
 
     def signature(self, model: nn.Module) -> dict[str, Any]:
-        return {"embed_dim": self.width(model), "depth": len(self.blocks(model)), "num_heads": self.num_heads(model),
+        return {"embed_dim": self.width(model), "depth": self.depth(model), "num_heads": self.num_heads(model),
                 "num_prefix_tokens": self.num_prefix_tokens(model), "num_classes": self.classifier_classes(model)}

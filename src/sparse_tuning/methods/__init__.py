@@ -96,30 +96,11 @@ def _check_rule_options(keep_rate: Optional[float], fields: dict[str, Any]) -> N
 
 
 def method_config(name: str, keep_rate: Optional[float] = None, **fields) -> Optional["SparseTuningConfig"]:
-    """The Sparse-Tuning config a method runs; None for a method without one ("dense" is the
-    plain model, for FLOP counts)."""
-    method = None if name == "dense" else get_method(name)
+    """The Sparse-Tuning or reduction config a method runs with these options; None for a method
+    that keeps every token and was given no reduction."""
+    _load()
     _check_rule_options(keep_rate, fields)
-    if method is None and (keep_rate is not None or fields.get("reduction", "none") != "none"):
-        raise UserError("--method dense is the plain model: --keep-rate and --reduction do not apply to it")
-    if method is None or method.sparse_tuning_config is None:
-        reduction = fields.get("reduction")
-        if method is not None and reduction not in (None, "none"):
-            # A reduction under another method (LoRA with ToMe, EViT's full fine-tuning): the
-            # reduction's own fields, no Dense Adapters.
-            if method.reduction == "none":
-                raise UserError(f"--reduction does not apply to --method {name} "
-                                "(a reduction works with " + ", ".join(
-                                     m.name for m in all_methods() if m.reduction != "none") + ")")
-            from ..core.config import SparseTuningConfig
-
-            return SparseTuningConfig(**{**fields, **({} if keep_rate is None else {"keep_rate": keep_rate}),
-                                         "adapters": False})
-        if keep_rate is not None:
-            raise UserError(f"--keep-rate does not apply to --method {name} (it keeps every token; "
-                            "--reduction class-attention, tome or random reduces them)")
-        return None
-    return method.sparse_tuning_config(keep_rate, fields)
+    return get_method(name).config(keep_rate, fields)
 
 
 def prepare(model: "nn.Module", name: str, sparse_tuning: Optional["SparseTuningConfig"] = None,

@@ -116,12 +116,35 @@ class Method:
     # changes it), "own" (prepare receives the config and applies it itself), "none" (refused).
     reduction: str = "before"
 
+    def config(self, keep_rate: Optional[float], fields: dict[str, Any]) -> Optional["SparseTuningConfig"]:
+        """The config this method runs with the user's keep rate and Sparse-Tuning fields: its own
+        (``sparse_tuning_config``), or the reduction it was given (``reduction_under``)."""
+        if self.sparse_tuning_config is not None:
+            return self.sparse_tuning_config(keep_rate, fields)
+        return reduction_under(self, keep_rate, fields)
+
     def make_options(self, values: Optional[dict[str, Any]] = None) -> Any:
         """This method's options from a dict of every method's options (others ignored)."""
         if self.options is None:
             return None
         values = values or {}
         return self.options(**{f.name: values[f.name] for f in dataclasses.fields(self.options) if f.name in values})
+
+
+def reduction_under(method: Method, keep_rate: Optional[float], fields: dict[str, Any]) -> Optional["SparseTuningConfig"]:
+    """A method without a config of its own: none without a reduction; with one (LoRA with ToMe,
+    EViT's full fine-tuning), the reduction's own fields and no Dense Adapters."""
+    from ..core.config import SparseTuningConfig
+
+    if fields.get("reduction", "none") == "none":
+        if keep_rate is not None:
+            raise UserError(f"--keep-rate does not apply to --method {method.name} (it keeps every token; "
+                            "a --reduction reduces them)")
+        return None
+    if method.reduction == "none":
+        takers = ", ".join(m.name for m in sorted(_REGISTRY.values(), key=lambda m: m.order) if m.reduction != "none")
+        raise UserError(f"--reduction does not apply to --method {method.name} (a reduction works with {takers})")
+    return SparseTuningConfig(**{**fields, **({} if keep_rate is None else {"keep_rate": keep_rate}), "adapters": False})
 
 
 _REGISTRY: dict[str, Method] = {}

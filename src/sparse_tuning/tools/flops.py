@@ -83,7 +83,7 @@ def flop_report(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 22
         tokens = list(st.last_tokens)
     else:
         n = _num_tokens(model, input_size)
-        tokens = [(n, n)] * len(host_for(model).blocks(model))
+        tokens = [(n, n)] * host_for(model).depth(model)
     return FlopReport(gflops, tokens)
 
 
@@ -128,7 +128,12 @@ def model_cost(model: str, method: str = "sparse-tuning", img_size: Optional[int
 
     if frames is not None and frames < 1:
         raise UserError(f"frames={frames}: a clip has at least one frame")
-    config = method_config(method, keep_rate, **sparse_tuning_fields)
+    if method == "dense":  # the plain model: nothing applied, so nothing to configure
+        if keep_rate is not None or sparse_tuning_fields.get("reduction", "none") != "none":
+            raise UserError("--method dense is the plain model: --keep-rate and --reduction do not apply to it")
+        config = None
+    else:
+        config = method_config(method, keep_rate, **sparse_tuning_fields)
     vit = build_architecture(model, img_size, num_classes)
     host = host_for(vit)
     host.check_supported(vit)
