@@ -6,7 +6,14 @@ import math
 import pytest
 import torch
 
-from sparse_tuning.core.merging import bipartite_plan, merge_sources, merge_step, merge_tokens
+from sparse_tuning.core.merging import bipartite_plan, merge_plan, merge_tokens
+from sparse_tuning.core.reduction import compose_sources
+
+
+def merge_step(x, metric, size, r, prefix):
+    """ToMe's merge of r tokens: the merged tokens, their sizes, and the plan (None: nothing merged)."""
+    step = merge_plan(x, metric, size, r, prefix)
+    return (x, size, None) if step is None else (step.apply(x), step.new_size, step)
 
 
 def reference_tome(x, size, metric, r, class_token=True, distill_token=False):
@@ -68,7 +75,8 @@ def test_prefix_tokens_never_merge_and_come_first():
 
 
 def test_sources_name_the_token_holding_each_patch():
-    """merge_sources against ToMe's own bookkeeping: a source matrix merged with 'amax'."""
+    """The plans' sources composed (core/reduction.py) against ToMe's own bookkeeping: a source
+    matrix merged with 'amax'."""
     g = torch.Generator().manual_seed(1)
     B, P, M = 2, 1, 24
     x, size, steps = torch.randn(B, P + M, 8, generator=g), None, []
@@ -78,7 +86,7 @@ def test_sources_name_the_token_holding_each_patch():
         steps.append(step)
         if step is not None:
             source = merge_tokens(source, step.plan, mode="amax")
-        where = merge_sources(steps, M, P, B)[-1]
+        where = compose_sources(steps, P + M, B)[-1][:, P:]
         assert torch.equal(where, source[:, :, P:].argmax(dim=1))
         assert torch.equal(source.sum(dim=2, keepdim=True), size if size is not None else torch.ones_like(source[..., :1]))
 
@@ -86,5 +94,4 @@ def test_sources_name_the_token_holding_each_patch():
 def test_nothing_merges_when_r_is_zero_or_there_is_nothing_to_pair():
     x = torch.randn(1, 2, 4)
     assert bipartite_plan(x, 0, 1) is None and bipartite_plan(x, 3, 1) is None
-    out, size, step = merge_step(x, x, None, 0, 1)
-    assert out is x and size is None and step is None
+    assert merge_plan(x, x, None, 0, 1) is None

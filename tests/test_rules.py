@@ -113,3 +113,72 @@ def test_every_token_turns_off_any_rule_by_its_own_fields():
             model(torch.randn(1, 3, 32, 32))
             assert model.sparse_tuning.last_tokens[-1][1] == 65
         assert model.sparse_tuning.config.reduction == rule["reduction"]
+
+
+def test_what_each_rule_asks_of_each_block_and_how_it_says_so():
+    """The protocol's table for a 12-block model: the keep rules read the class token's attention
+    (class-attention only) at their blocks and nothing elsewhere; ToMe reads the keys where it
+    merges and the sizes everywhere when proportional; their settings that remove nothing; their
+    descriptions."""
+    from sparse_tuning.core.reduction import NOTHING, Needs
+
+    table = {
+        "class-attention": ({3, 6, 9}, Needs(class_scores=True), {"keep_rate": 1.0},
+                            "class-attention, keep rate 0.5 at blocks (3, 6, 9), merge mean"),
+        "random": ({3, 6, 9}, NOTHING, {"keep_rate": 1.0}, "random, keep rate 0.5 at blocks (3, 6, 9), merge mean"),
+        "feature-norm": ({3, 6, 9}, NOTHING, {"keep_rate": 1.0},
+                         "feature-norm, keep rate 0.5 at blocks (3, 6, 9), merge mean"),
+    }
+    for name, (blocks, needs, off, words) in table.items():
+        config = st.SparseTuningConfig(reduction=name, keep_rate=0.5)
+        rule = get_rule(name)
+        assert rule.has_keep_rate and set(rule.blocks(config, 12)) == blocks
+        assert [rule.needs(config, b, 12) for b in range(12)] == [needs if b in blocks else NOTHING for b in range(12)]
+        assert rule.removing_nothing(config) == off and config.describe_reduction((3, 6, 9)) == words
+        assert config.describe_reduction() == f"{name}, keep rate 0.5"
+        assert not config.keeps_every_token and st.SparseTuningConfig(reduction=name, keep_rate=1.0).keeps_every_token
+    tome = st.SparseTuningConfig(reduction="tome", tome_r=(0, 2) * 6)
+    rule = get_rule("tome")
+    assert not rule.has_keep_rate and rule.blocks(tome, 12) == tuple(range(12))
+    assert [rule.needs(tome, b, 12) for b in range(12)] == [Needs(keys=b % 2 == 1, sizes=True) for b in range(12)]
+    flat = st.SparseTuningConfig(reduction="tome", tome_r=(4,), proportional_attention=False)
+    assert [rule.needs(flat, b, 12) for b in range(12)] == [Needs(keys=True)] * 12
+    assert rule.removing_nothing(tome) == {"tome_r": (0,)} and not tome.keeps_every_token
+    assert tome.describe_reduction() == "ToMe, r [0, 2, 0, 2, 0, 2, 0, 2, 0, 2, 0, 2] per block"
+    assert flat.describe_reduction() == "ToMe, r 4 per block, no proportional attention"
+    none = st.SparseTuningConfig(reduction="none")
+    assert none.keeps_every_token and none.describe_reduction() == "every token kept" and none.reduces_at(12) == ()
+
+
+def test_the_random_rule_fuses_the_others_with_equal_weights():
+    """Its ranks are a random draw; the fused token is the plain mean of the tokens not kept, not
+    a draw-weighted one."""
+    from sparse_tuning.core.reduction import BlockTokens
+
+    torch.manual_seed(0)
+    config = st.SparseTuningConfig(reduction="random", keep_rate=0.5)
+    x = torch.randn(2, 1 + 10, 4)
+    plan = get_rule("random").plan(config, 3, 12, BlockTokens(x, 1, None, None, None))
+    out = plan.apply(x)
+    for b in range(2):
+        kept = plan.step.keep_idx[b].tolist()
+        rest = [j for j in range(10) if j not in kept]
+        assert torch.allclose(out[b, -1], x[b, 1:][rest].mean(0), atol=1e-6)
+
+
+def test_registering_a_rule_twice_is_refused_and_a_registered_rule_is_found():
+    from sparse_tuning.core import reduction
+
+    class Probe(reduction.Rule):
+        name, help = "probe-rule", "a rule the test registers"
+
+    rule = reduction.register_rule(Probe())
+    try:
+        assert reduction.get_rule("probe-rule") is rule and "probe-rule" in rule_names()
+        with pytest.raises(ValueError, match="reduction rule 'probe-rule' is registered twice"):
+            reduction.register_rule(Probe())
+    finally:
+        del reduction._RULES["probe-rule"]
+    with pytest.raises(ValueError, match=r"^reduction='probe-rule': expected one of class-attention, feature-norm, "
+                                         r"none, random, tome$"):
+        reduction.get_rule("probe-rule")

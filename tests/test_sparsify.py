@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from sparse_tuning.core.sparsify import (apply_step, class_attention_scores, keep_count, original_positions,
-                                    plan_step, sparsify)
+from sparse_tuning.core.sparsify import (apply_step, class_attention_scores, keep_count, keep_plan, original_positions,
+                                         plan_step)
 
 
 @pytest.mark.parametrize("rate,m,k", [
@@ -50,7 +50,8 @@ def test_step_matches_hand_computation(merge, num_prefix):
     g = torch.Generator().manual_seed(num_prefix)
     x = torch.randn(3, num_prefix + 10, 4, generator=g)
     scores = torch.rand(3, num_prefix + 10, generator=g)
-    y, step = sparsify(x, scores, 0.7, num_prefix, merge)
+    plan = keep_plan(x, scores[:, num_prefix:], 0.7, num_prefix, merge)
+    y, step = plan.apply(x), plan.step
     k = math.ceil(0.7 * 10)
     assert y.shape == (3, num_prefix + k + (merge != "drop"), 4)
     assert torch.allclose(y, _by_hand(x, scores, k, num_prefix, merge), atol=1e-6)
@@ -58,9 +59,8 @@ def test_step_matches_hand_computation(merge, num_prefix):
 
 
 def test_no_op_when_everything_is_kept():
-    x, scores = torch.randn(2, 5, 3), torch.rand(2, 5)
-    y, step = sparsify(x, scores, 1.0, 1)
-    assert step is None and y is x
+    x, scores = torch.randn(2, 5, 3), torch.rand(2, 4)
+    assert keep_plan(x, scores, 1.0, 1, "mean") is None
 
 
 def test_same_step_applies_to_other_tensors():
@@ -83,3 +83,25 @@ def test_original_positions_compose_and_mark_fused():
     assert pos[2].tolist() == [[2, -1]]
     dropped = original_positions([plan_step(torch.tensor([[.9, .1, .8]]), 2, "drop")], 3, 1)
     assert dropped[0].tolist() == [[0, 2]]
+
+
+@pytest.mark.parametrize("merge", ["mean", "drop"])
+def test_a_keep_plans_sources_by_a_loop(merge):
+    """Where each input token goes: a prefix token stays, a kept one moves to its place among the
+    kept (after the prefix), the others to the fused token, or -1 when dropped."""
+    g = torch.Generator().manual_seed(7)
+    P, M = 2, 9
+    x, scores = torch.randn(3, P + M, 4, generator=g), torch.rand(3, M, generator=g)
+    plan = keep_plan(x, scores, 0.5, P, merge)
+    k = math.ceil(0.5 * M)
+    for b in range(3):
+        kept = sorted(scores[b].topk(k).indices.tolist())
+        expected = list(range(P)) + [P + kept.index(j) if j in kept else (P + k if merge == "mean" else -1)
+                                     for j in range(M)]
+        assert plan.sources()[b].tolist() == expected
+    assert plan.flops(4) == (3 * M * 4 if merge == "mean" else 0)
+
+
+def test_an_unknown_merge_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^merge='avg': expected one of mean, sum, drop$"):
+        plan_step(torch.rand(1, 4), 2, "avg")

@@ -104,30 +104,3 @@ def merge_plan(x: Tensor, metric: Tensor, size: Optional[Tensor], r: int, num_pr
     if size is None:
         size = x.new_ones(x.shape[0], x.shape[1], 1)
     return MergeStep(plan, size, merge_tokens(size, plan))
-
-
-def merge_step(x: Tensor, metric: Tensor, size: Optional[Tensor], r: int,
-               num_prefix: int) -> tuple[Tensor, Optional[Tensor], Optional[MergeStep]]:
-    """ToMe's merge of r tokens of x (B, N, C) by metric (B, N, D), sizes (B, N, 1) or None
-    (all 1): the merged tokens, their sizes, and the step (None: nothing merged)."""
-    step = merge_plan(x, metric, size, r, num_prefix)
-    if step is None:
-        return x, size, None
-    return step.apply(x), step.new_size, step
-
-
-def merge_sources(steps, num_patches: int, num_prefix: int, batch_size: int, device=None) -> list[Tensor]:
-    """After each block's merge, the token holding each original patch (B, num_patches): an
-    index into that block's output sequence. Composed after the forward from the plans."""
-    where = torch.arange(num_prefix, num_prefix + num_patches, device=device).expand(batch_size, -1)
-    n = num_prefix + num_patches
-    out = []
-    for step in steps:
-        if step is not None:
-            # Merging a one-hot per token ("amax") marks, in each new token, the old ones it holds.
-            onehot = torch.eye(n, device=device).expand(batch_size, -1, -1)
-            holds = merge_tokens(onehot, step.plan, mode="amax")  # (B, n', n)
-            where = holds.argmax(dim=1).gather(1, where)
-            n = holds.shape[1]
-        out.append(where.clone())
-    return out

@@ -2,8 +2,9 @@
 
 A sparsification step scores the non-prefix tokens by the attention the class token pays them
 (averaged over heads), keeps the top ``k = ceil(keep_rate * M)`` and merges the others into one
-token. The step is planned once (``plan_step``) and then applied (``apply_step``) to the tokens
-and to every earlier adapter output that must follow the same sequence.
+token. The step is planned once (``plan_step``, ``keep_plan``) and then applied (``apply_step``,
+``KeepPlan.apply``) to the tokens and to every earlier adapter output that must follow the same
+sequence. The keep rules (core/rules/) rank by their own scores; the random one draws them.
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ class KeepPlan(NamedTuple):
         return KeepPlan(self.step.detached(), self.num_prefix, self.num_tokens)
 
 
-def keep_plan(x: Tensor, scores: Optional[Tensor], keep_rate: float, num_prefix: int, merge: str = "mean",
+def keep_plan(x: Tensor, scores: Optional[Tensor], keep_rate: float, num_prefix: int, merge: str,
               merge_scores: Optional[Tensor] = None) -> Optional[KeepPlan]:
     """A keep rule's plan for x (B, N, C): the top ceil(keep_rate * M) tokens by ``scores`` (B, M)
     over the non-prefix tokens, the others merged by ``merge`` weighted by ``merge_scores`` (by
@@ -112,26 +113,6 @@ def keep_plan(x: Tensor, scores: Optional[Tensor], keep_rate: float, num_prefix:
     if k == N - num_prefix:
         return None
     return KeepPlan(plan_step(scores, k, merge, merge_scores), num_prefix, N)
-
-
-def sparsify(x: Tensor, scores: Optional[Tensor], keep_rate: float, num_prefix: int,
-             merge: str = "mean") -> tuple[Tensor, Optional[SparsifyStep]]:
-    """One step on x (B, N, C) with scores (B, N) over all tokens; a no-op (None) when k == M.
-
-    scores None: the random rule, the control for the ranking. A uniform draw ranks the tokens
-    (torch's generator: torch.manual_seed reproduces it, and checkpointing replays it) and the
-    others merge with equal weights."""
-    B, N, C = x.shape
-    M = N - num_prefix
-    k = keep_count(keep_rate, M)
-    if k == M:
-        return x, None
-    if scores is None:
-        ranks = torch.rand(B, M, device=x.device)
-        step = plan_step(ranks, k, merge, merge_scores=torch.ones_like(ranks))
-    else:
-        step = plan_step(scores[:, num_prefix:], k, merge)
-    return apply_step(x, step, num_prefix), step
 
 
 def original_positions(steps: Sequence[Optional[SparsifyStep]], num_patches: int,
