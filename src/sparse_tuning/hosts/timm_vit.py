@@ -23,11 +23,12 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..core.adapter import AdapterInput, DenseAdapter, follow
 from ..core.config import SparseTuningConfig
-from ..core.reduction import BlockTokens, Plan
+from ..core.reduction import BlockTokens, Plan, compose_sources, restore
 from ..core.sparsify import class_attention_scores
 from ..core.state import SparseTuningState
 from ..errors import UserError
 from .base import sparse_tuning_class
+from .timm_features import TimmModel
 
 
 def attention(attn: Attention, x: torch.Tensor, class_scores: bool = False, size: Optional[torch.Tensor] = None,
@@ -84,9 +85,9 @@ class SparseTuningBlock(Block):
         """
         if history is None or kwargs:
             raise RuntimeError(
-                "Sparse-Tuning blocks run only through model.blocks (a model forward), which passes "
-                "the adapter outputs between them; attention masks and forward_intermediates are "
-                "not supported")
+                "Sparse-Tuning blocks run only through model.blocks (a model forward, or the model's "
+                "forward_intermediates), which passes the adapter outputs between them; attention "
+                "masks are not supported")
         st = self.st
         cfg = st.config
         rule = cfg.rule
@@ -140,6 +141,22 @@ class SparseTuningBlocks(nn.Sequential):
     prompts: Optional[nn.Parameter]    # (depth, n, C): --method vpt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)[0]
+
+    def __getitem__(self, idx):
+        """A slice (timm's prune_intermediate_layers keeps blocks[:k + 1]) runs as these blocks do:
+        the same state (the reduction schedule of the whole model) and the same prompts."""
+        out = super().__getitem__(idx)
+        if isinstance(idx, slice):
+            out.st, out.prompts = self.st, getattr(self, "prompts", None)
+        return out
+
+    def run(self, x: torch.Tensor, take: tuple[int, ...] = (), stop_after: Optional[int] = None
+            ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The blocks on x (B, N, C): the last output (the reduced sequence, prompts taken out) and
+        the outputs of the blocks in ``take`` restored to the full input sequence (B, N, C): each
+        token of the input holds the token it went to (core/reduction.py's ``restore``; a dropped
+        one is zeros). ``stop_after``: the last block to run."""
         st = self.st
         prompts = getattr(self, "prompts", None)  # getattr: containers pickled before it existed
         n = 0 if prompts is None else prompts.shape[1]
@@ -151,6 +168,7 @@ class SparseTuningBlocks(nn.Sequential):
         size: Optional[torch.Tensor] = None
         plans: list[Optional[Plan]] = []
         tokens: list[tuple[int, int]] = []
+        taken: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self):
             if i and prompts is not None:
                 x = place_prompts(x, prompts[i], P, replace=True)
@@ -161,8 +179,16 @@ class SparseTuningBlocks(nn.Sequential):
                 x, history, plan, size = blk(x, history, size)
             tokens.append((n_in, x.shape[1]))
             plans.append(None if plan is None else plan.detached())  # indices only, no autograd graph held
+            if i in take:
+                taken[i] = x
+            if i == stop_after:
+                break
         st.record(plans, tokens, N, B, x.device)
-        return x if prompts is None else torch.cat([x[:, :P], x[:, P + n:]], dim=1)
+        if taken:
+            where = compose_sources(plans, N, B, device=x.device)
+            taken = {i: restore(out, where[i]) for i, out in taken.items()}
+        without_prompts = lambda t: t if prompts is None else torch.cat([t[:, :P], t[:, P + n:]], dim=1)
+        return without_prompts(x), {i: without_prompts(t) for i, t in taken.items()}
 
 
 def check_supported(model: nn.Module, plain_blocks: bool = True) -> None:
@@ -220,6 +246,6 @@ def patch_vit(model: VisionTransformer, config: SparseTuningConfig) -> SparseTun
     model.blocks.prompts = None
     if model.grad_checkpointing:
         state.grad_checkpointing, model.grad_checkpointing = True, False
-    model.__class__ = sparse_tuning_class(type(model))
+    model.__class__ = sparse_tuning_class(type(model), TimmModel)
     model.sparse_tuning = state
     return state
