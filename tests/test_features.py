@@ -86,3 +86,28 @@ def test_attention_masks_are_refused_by_name(images):
     model = st.apply(tiny_vit(), st.SparseTuningConfig())
     with pytest.raises(ValueError, match="attention masks are not supported"):
         model.forward_intermediates(images, attn_mask=torch.zeros(65, 65))
+
+
+def test_transformers_hidden_states_are_restored_as_timms_intermediates(images, tmp_path):
+    """A reduced transformers ViT's output_hidden_states: the embeddings, then every layer's output
+    restored to the full sequence; the same, token for token, as the timm model with the same
+    weights and adapters gives from forward_intermediates; at keep rate 1 the plain model's."""
+    from test_hf_host import hf_vit, timm_from_hf
+
+    hf = hf_vit().double()
+    vit = st.apply(timm_from_hf(hf), st.SparseTuningConfig(keep_rate=0.5))
+    randomize_adapters(vit)
+    st.save_adapters(vit, tmp_path / "a.safetensors")
+    reduced = st.load_adapters(hf_vit().double(), tmp_path / "a.safetensors")
+    x = images.double()
+    with torch.no_grad():
+        hidden = reduced(pixel_values=x, output_hidden_states=True).hidden_states
+        feats = vit.forward_intermediates(x, indices=list(range(12)), output_fmt="NLC", intermediates_only=True,
+                                          return_prefix_tokens=True)
+        plain = hf_vit().double()(pixel_values=x, output_hidden_states=True).hidden_states
+        unreduced = st.apply(hf_vit().double(), st.SparseTuningConfig(keep_rate=1.0, adapters=False))
+        same = unreduced(pixel_values=x, output_hidden_states=True).hidden_states
+    assert len(hidden) == 13 and all(h.shape == (2, 65, 64) for h in hidden)
+    for h, (patches, prefix) in zip(hidden[1:], feats):
+        assert torch.allclose(h, torch.cat([prefix, patches], dim=1), atol=1e-10, rtol=0)
+    assert all(torch.allclose(a, b, atol=1e-10, rtol=0) for a, b in zip(same, plain))

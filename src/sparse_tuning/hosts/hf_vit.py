@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..core.adapter import DenseAdapter, follow
 from ..core.config import SparseTuningConfig
-from ..core.reduction import BlockTokens
+from ..core.reduction import BlockTokens, compose_sources, restore
 from ..core.sparsify import class_attention_scores
 from ..core.state import SparseTuningState
 from ..errors import UserError
@@ -206,11 +206,31 @@ def _layer_signature(cls: type) -> tuple[tuple[str, ...], bool]:
 
 
 class _TransformersModel(_SparseTuningModel):
-    """A patched transformers model: transformers' checkpointing switch reaches the layers."""
+    """A patched transformers model: transformers' checkpointing switch reaches the layers, and
+    ``output_hidden_states`` come back restored to the full sequence (the plain model's shapes,
+    what dense heads read): each token of the embeddings holds the token it went to."""
 
     def _set_gradient_checkpointing(self, *args, **kwargs):
         super()._set_gradient_checkpointing(*args, **kwargs)
         _claim_checkpointing(self, self.sparse_tuning._blocks)
+
+
+
+def restore_hidden_states(model: nn.Module, args, output):
+    """The model's forward hook (a hook, not a forward override: transformers' Trainer reads the
+    forward's signature): ``hidden_states`` restored (``restored_hidden_states``)."""
+    hidden = getattr(output, "hidden_states", None)
+    if hidden is not None:
+        output["hidden_states"] = restored_hidden_states(model.sparse_tuning, hidden)
+    return output
+
+
+def restored_hidden_states(st: SparseTuningState, hidden: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """(embeddings, the output of each layer) with every layer's output restored to the embeddings'
+    sequence (core/reduction.py's ``restore``)."""
+    B, N, _ = hidden[0].shape
+    where = compose_sources(st.last_plans, N, B, device=hidden[0].device)
+    return (hidden[0],) + tuple(restore(h, w) for h, w in zip(hidden[1:], where))
 
 
 def _claim_checkpointing(model: nn.Module, layers: nn.ModuleList) -> None:
@@ -246,5 +266,6 @@ def patch_layers(model: nn.Module, layers: nn.ModuleList, width: int, heads: int
                                      device=ref.device, dtype=ref.dtype) if config.adapters else None
     model.__class__ = sparse_tuning_class(type(model), _TransformersModel)
     model.sparse_tuning = state
+    model.register_forward_hook(restore_hidden_states)
     _claim_checkpointing(model, layers)
     return state
