@@ -99,6 +99,11 @@ class ModelFacts:
         """The final tokens (B, N, C) before pooling and head."""
         raise NotImplementedError
 
+    def block_maps(self, model: nn.Module, x: torch.Tensor, blocks: tuple[int, ...]) -> list[torch.Tensor]:
+        """The outputs of ``blocks`` as (B, C, h, w) maps over the patch grid, after the final
+        norm, restored to the full grid on a reduced model (dense prediction reads them)."""
+        raise UserError(f"dense prediction is not available on {self.name} models yet")
+
     def head(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
         """Logits from ``features``: pooling, then the classifier."""
         raise NotImplementedError

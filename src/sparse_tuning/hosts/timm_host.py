@@ -189,6 +189,11 @@ class TimmHost(Host):
 
         return add_deep_prompts(model, num_prompts)
 
+    def block_maps(self, model: nn.Module, x: torch.Tensor, blocks: tuple[int, ...]) -> list[torch.Tensor]:
+        # timm's feature API; on a patched model, ours (hosts/timm_features.py), restored
+        return self.image_model(model).forward_intermediates(x, indices=list(blocks), norm=True, output_fmt="NCHW",
+                                                             intermediates_only=True)
+
     def lora_targets(self, model: nn.Module) -> list[str]:
         if not hasattr(model, "sparse_tuning"):  # a reduction patched in first keeps timm's qkv
             check_supported(model)
