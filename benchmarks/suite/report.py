@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import compare
+from sparse_tuning.text import count
 from suite import BENCH_ROW, CONFIGS, MODEL, ONLY_TASKS, TEACHER_ROW, TRAINED_AS, seeds_of, tasks_of
 
 
@@ -172,8 +173,8 @@ def progress_text(results: dict[str, Any]) -> str:
     meta = results["meta"]
     done, planned = meta["done_runs"], meta["planned_runs"]
     return ("Complete." if done >= planned else
-            f"Incomplete: {done} of the {planned} seed runs are done ({len(results['suite'])} configurations have "
-            "every task); the suite continues where it stopped (see README.md).")
+            f"Incomplete: {done} of the {planned} seed runs are done ({count(len(results['suite']), 'configuration')} "
+            "with every task); the suite continues where it stopped (see README.md).")
 
 
 def plot_frontier(results: dict[str, Any], path: Path) -> None:
