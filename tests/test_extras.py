@@ -33,6 +33,15 @@ def test_svhn_without_the_data_extra_is_one_line(module, tmp_path, monkeypatch, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("module", EXTRAS["log"])
+def test_tensorboard_logging_without_the_log_extra_is_one_line(module, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, module, None)
+    code = main(["train", "--model", "st_vit_micro_patch4_32", "--no-pretrained", "--data", f"folder:{tmp_path}",
+                 "--log", "tensorboard", "--out", str(tmp_path / "run")])
+    one_line(capsys, code, f"--log tensorboard needs {module}", 'pip install -e ".[log]"')
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_import_failing_inside_a_library_names_its_extra_or_its_package():
     assert '".[data]"' in str(missing_module(ImportError("no scipy", name="scipy.io"), "torchvision:SVHN:x"))
     assert "pip install gdown" in str(missing_module(ImportError("no gdown", name="gdown"), "torchvision:CelebA:x"))

@@ -313,3 +313,34 @@ def test_compiled_training_trains_as_the_eager_loop_does(folder, tmp_path):
     train_run(config(folder, epochs=1, compile=True, compile_backend="aot_eager"), tmp_path / "compiled")
     a, b = trained_weights(tmp_path / "eager"), trained_weights(tmp_path / "compiled")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_tensorboard_logs_the_metrics_and_a_resume_writes_no_step_twice(folder, tmp_path, monkeypatch):
+    """Read back with tensorboard's own event reader: every scalar of metrics.jsonl at its step
+    (training steps as train/NAME, evaluations as val/NAME). The first attempt logs step 4 after
+    its epoch-end checkpoint (step 3) and stops at a planted NaN in step 5; the resume writes
+    steps 4-6 again, and each step appears once, with the resumed run's values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    real_ce = nan_loss_at(monkeypatch, 5)
+    with pytest.raises(TrainingError, match="loss became nan at step 5"):
+        train_run(config(folder, epochs=2, log="tensorboard"), run)
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", real_ce)
+    train_run(resume_config(run), run, resume=True)
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [l for l in lines if "split" not in l]
+    evals = [l for l in lines if l.get("split") == "val"]
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == [l["step"] for l in steps] == list(range(1, 7))
+    assert [e.value for e in loss] == pytest.approx([l["loss"] for l in steps], rel=1e-6)
+    assert [e.value for e in acc.Scalars("train/keep_rate")] == pytest.approx([l["keep_rate"] for l in steps])
+    assert [(e.step, e.value) for e in acc.Scalars("val/top1")] == [(l["step"], pytest.approx(l["top1"])) for l in evals]
+    assert "config" in acc.Tags()["tensors"] or "config/text_summary" in acc.Tags()["tensors"]
+
+
+def test_an_unknown_logger_is_refused_by_name(folder):
+    with pytest.raises(ValueError, match="'wandb' is not a logger; expected a comma-separated subset of tensorboard"):
+        config(folder, log="tensorboard,wandb")

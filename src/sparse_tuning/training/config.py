@@ -74,6 +74,8 @@ class TrainConfig:
     compile: bool = False              # torch.compile the model (token counts are static: one compile per input size)
     compile_backend: str = "inductor"  # torch.compile backend; aot_eager checks the graph without generating code
     grad_checkpointing: bool = False   # recompute each block's activations in the backward pass: less memory, more time
+    # loggers beside RUN_DIR/metrics.jsonl, comma-separated: tensorboard (RUN_DIR/tensorboard; the .[log] extra)
+    log: str = ""
 
     def __post_init__(self) -> None:
         if self.warmup_epochs is None and isinstance(self.epochs, int):
@@ -99,6 +101,17 @@ class TrainConfig:
         if self.mixup < 0 or self.cutmix < 0:
             raise UserError("mixup and cutmix are Beta-distribution alphas: >= 0 (0: off)")
         check_device(self.device)
+        unknown = [name for name in loggers(self.log) if name not in LOGGERS]
+        if unknown:
+            raise UserError(f"log={self.log!r}: {unknown[0]!r} is not a logger; expected a comma-separated subset of "
+                            f"{', '.join(LOGGERS)}")
+
+
+LOGGERS = ("tensorboard",)
+
+
+def loggers(log: str) -> list[str]:
+    return [name.strip() for name in log.split(",") if name.strip()]
 
 
 def default_warmup(epochs: int) -> float:
@@ -127,6 +140,10 @@ def check_machine(train: TrainConfig) -> None:
 
         if train.device == "cpu" or not torch.cuda.is_available():
             raise UserError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
+    if "tensorboard" in loggers(train.log):
+        from ..extras import require_extra
+
+        require_extra("log", "--log tensorboard")
 
 
 @dataclass
@@ -382,6 +399,7 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 # size of evaluation), how often it reports, and where its data now lives (the classes and the
 # number of images are checked instead).
 MACHINE_FIELDS = ("train.device", "train.num_workers", "train.log_every", "train.save_every", "train.eval_batch_size",
+                  "train.log",
                   "train.compile", "train.compile_backend", "train.grad_checkpointing", "download", "data", "weights")
 
 

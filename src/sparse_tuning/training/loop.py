@@ -26,13 +26,13 @@ from ..errors import UserError
 from ..hosts import host_for, logits_of
 from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, comparable_record, option_defaults
+from .config import TrainConfig, comparable_record, loggers, option_defaults
 from .devices import autocast, compiled, resolve_device
 from .distill import Distillation
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
 from .errors import Interrupted, TrainingError
 from .evaluate import evaluate, top5_text
-from .progress import MetricsLog, Progress, opening_summary, schedule_warnings
+from .progress import MetricsLog, Progress, TensorBoardLog, opening_summary, schedule_warnings
 from ..text import count
 
 
@@ -124,7 +124,9 @@ class Trainer:
             self._resume()
         if d.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", d.main, self.step_index)
+        sinks = (TensorBoardLog(self.run_dir / "tensorboard", self.step_index, record),) \
+            if d.main and "tensorboard" in loggers(cfg.log) else ()
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", d.main, self.step_index, sinks)
 
     def _loss(self, num_classes: int):
         cfg = self.cfg
@@ -267,8 +269,14 @@ class Trainer:
         """Train to the last epoch; returns {"final": the last evaluation, "best": best top-1 and its epoch}.
 
         SIGINT (Ctrl-C) and SIGTERM stop the run after the current step with a checkpoint
-        (``Interrupted``); a second one stops at once.
+        (``Interrupted``); a second one stops at once. The loggers are closed however it ends.
         """
+        try:
+            return self._run(about)
+        finally:
+            self.metrics.close()
+
+    def _run(self, about: str) -> dict[str, Any]:
         cfg, d = self.cfg, self.d
         progress = Progress(self.total_steps, self.step_index, enabled=d.main, log=self.log, every=cfg.log_every)
         if d.main:

@@ -20,10 +20,11 @@ def _record(line: str):
 
 
 class MetricsLog:
-    """RUN_DIR/metrics.jsonl, one JSON line per logged step and per evaluation (rank 0 only)."""
+    """RUN_DIR/metrics.jsonl, one JSON line per logged step and per evaluation (rank 0 only), and
+    the same records to each of ``sinks`` (``write(record)``, ``close()``)."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, resume_step: int, sinks: tuple = ()) -> None:
+        self.path, self.enabled, self.sinks = path, enabled, sinks
         if enabled and resume_step and path.exists():
             # Lines after the checkpoint belong to the interrupted attempt, and a line cut short
             # (a crash, a full disk) was never whole: drop them.
@@ -36,6 +37,40 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            for sink in self.sinks:
+                sink.write(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+class TensorBoardLog:
+    """RUN_DIR/tensorboard: the metrics.jsonl scalars (a training step's as ``train/NAME``, an
+    evaluation's as ``SPLIT/NAME``) at their optimizer step, and the run's resolved config as text.
+    torch's SummaryWriter (the tensorboard package) writes the event files; a resume purges what
+    the interrupted attempt wrote after its checkpoint, so no step appears twice."""
+
+    SKIP = ("step", "epoch", "split")
+
+    def __init__(self, folder: Path, resume_step: int, config: dict[str, Any] | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: TensorBoard drops what the folder holds from this step on (after the checkpoint)
+        self.writer = SummaryWriter(str(folder), purge_step=resume_step + 1 if resume_step else None)
+        if config is not None and not resume_step:
+            self.writer.add_text("config", "```json\n" + json.dumps(config, indent=1) + "\n```", 0)
+
+    def write(self, record: dict[str, Any]) -> None:
+        prefix = record.get("split", "train")
+        for name, value in record.items():
+            if name not in self.SKIP and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{prefix}/{name}", value, record["step"])
+        if "split" in record:
+            self.writer.flush()  # an evaluation is worth keeping at once
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class Progress:
