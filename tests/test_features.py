@@ -74,8 +74,9 @@ def test_every_method_and_rule_gives_the_plain_shapes_through_timms_feature_wrap
     on a reduced model: NCHW maps of the plain model's shapes."""
     from timm.models._features import FeatureGetterNet
 
-    keep = None if rule is None or rule["reduction"] == "tome" else rule.pop("keep_rate")
-    model = prepare(tiny_vit(), method, method_config(method, keep, **(rule or {})))
+    rule = dict(rule or {})  # a copy: the parameter is shared between runs
+    keep = rule.pop("keep_rate", None)
+    model = prepare(tiny_vit(), method, method_config(method, keep, **rule))
     net = FeatureGetterNet(model, out_indices=(3, 7, 11), output_fmt="NCHW")
     with torch.no_grad():
         maps = net(images)

@@ -81,7 +81,7 @@ class SparseTuningConfig:
             raise UserError(f"merge={self.merge!r}: expected one of {', '.join(MERGES)}")
         if not isinstance(self.adapters, bool):
             raise UserError(f"adapters={self.adapters!r}: expected True or False")
-        self.rule  # names the rules a bad name is not
+        self.rule  # an unknown name raises, naming the registered rules
         if not self.tome_r or not all(_is_int(r) and r >= 0 for r in self.tome_r):
             raise UserError(f"tome_r={self.tome_r!r}: expected token counts >= 0, one or one per block")
         if not isinstance(self.proportional_attention, bool):
