@@ -11,7 +11,8 @@ from sparse_tuning.cli.options import field_comments
 from sparse_tuning.data import options as data_options
 from sparse_tuning.data.images import DataSpec, augment_mode, make_transforms
 from sparse_tuning.data.options import choose_augment
-from sparse_tuning.training.config import RunConfig, TrainConfig, default_warmup, load_config_file, resolve_config
+from sparse_tuning.training.config import RunConfig, TrainConfig, default_warmup, resolve_config
+from sparse_tuning.training.records import load_config_file
 
 MODEL = ["--model", "st_vit_micro_patch4_32", "--no-pretrained"]
 

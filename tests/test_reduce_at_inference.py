@@ -6,7 +6,8 @@ from data_files import make_folder
 
 from sparse_tuning.cli import main
 from sparse_tuning.training.checkpoint import load_trainable
-from sparse_tuning.training.config import read_run_config, resolve_config
+from sparse_tuning.training.config import resolve_config
+from sparse_tuning.training.records import read_run_config
 from sparse_tuning.training.run import build_model, eval_run, load_run
 
 MODEL = "st_vit_micro_patch4_32"

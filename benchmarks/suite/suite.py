@@ -150,7 +150,7 @@ def train_cell(args: argparse.Namespace, cell: Path, run: Path, cfg: Any) -> dic
 def stale(run: Path, cfg: Any) -> bool:
     """The scratch run at ``run`` was trained with another config than ``cfg`` (what train fills in
     from the data, the classes and the chosen augmentation's reason, aside)."""
-    from sparse_tuning.training.config import comparable_record, read_run_config
+    from sparse_tuning.training.records import comparable_record, read_run_config
 
     then, now = (comparable_record(c.to_dict(), ()) for c in (read_run_config(run), cfg))
     return any(then.get(k) != v for k, v in now.items() if k not in ("num_classes", "classes"))

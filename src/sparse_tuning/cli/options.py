@@ -136,7 +136,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def option_layers(args: argparse.Namespace) -> list[dict[str, Any]]:
     """(config file, flags) as option layers for training.config.resolve_config."""
-    from ..training.config import load_config_file
+    from ..training.records import load_config_file
 
     top = {f.name for f in top_level_fields()}
     flags: dict[str, Any] = {}

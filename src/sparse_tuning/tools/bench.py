@@ -318,7 +318,7 @@ def run_accuracies(run_dirs: list[str]) -> dict[str, dict[str, Any]]:
     (with two runs or more), "runs": the run folders it comes from}."""
     import statistics
 
-    from ..training.config import read_run_config
+    from ..training.records import read_run_config
 
     found: dict[str, list[tuple[float, str]]] = {}
     for run in run_dirs:

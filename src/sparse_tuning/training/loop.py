@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..hosts import host_for, logits_of
 from ..methods.base import TrainHook
 from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, comparable_record, loggers, option_defaults
+from .config import TrainConfig, loggers
+from .records import comparable_record, option_defaults
 from .devices import autocast, compiled, resolve_device
 from .distill import Distillation
 from .distributed import EpochSampler, all_reduce_sum, init_distributed

@@ -25,7 +25,8 @@ from ..files import atomic_write_bytes
 from ..hosts import build_architecture, host_for, host_named, logits_of
 from ..methods import get_method, prepare
 from .checkpoint import load_trainable, save_trainable
-from .config import RunConfig, read_run_config, resolve_config
+from .config import RunConfig, resolve_config
+from .records import read_run_config
 from .distill import Distillation
 from .devices import compiled
 from .loop import Trainer, evaluate, resolve_device
