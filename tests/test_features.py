@@ -89,10 +89,9 @@ def test_attention_masks_are_refused_by_name(images):
         model.forward_intermediates(images, attn_mask=torch.zeros(65, 65))
 
 
-def test_transformers_hidden_states_are_restored_as_timms_intermediates(images, tmp_path):
-    """A reduced transformers ViT's output_hidden_states: the embeddings, then every layer's output
-    restored to the full sequence; the same, token for token, as the timm model with the same
-    weights and adapters gives from forward_intermediates; at keep rate 1 the plain model's."""
+def _same_reduced_models(tmp_path):
+    """A transformers ViT and the timm ViT with its weights, both at keep rate 0.5 with the same
+    random adapters (float64)."""
     from test_hf_host import hf_vit, timm_from_hf
 
     hf = hf_vit().double()
@@ -100,6 +99,16 @@ def test_transformers_hidden_states_are_restored_as_timms_intermediates(images, 
     randomize_adapters(vit)
     st.save_adapters(vit, tmp_path / "a.safetensors")
     reduced = st.load_adapters(hf_vit().double(), tmp_path / "a.safetensors")
+    return reduced, vit
+
+
+def test_transformers_hidden_states_are_restored_as_timms_intermediates(images, tmp_path):
+    """A reduced transformers ViT's output_hidden_states: the embeddings, then every layer's output
+    restored to the full sequence; the same, token for token, as the timm model with the same
+    weights and adapters gives from forward_intermediates; at keep rate 1 the plain model's."""
+    from test_hf_host import hf_vit
+
+    reduced, vit = _same_reduced_models(tmp_path)
     x = images.double()
     with torch.no_grad():
         hidden = reduced(pixel_values=x, output_hidden_states=True).hidden_states
@@ -112,3 +121,17 @@ def test_transformers_hidden_states_are_restored_as_timms_intermediates(images, 
     for h, (patches, prefix) in zip(hidden[1:], feats):
         assert torch.allclose(h, torch.cat([prefix, patches], dim=1), atol=1e-10, rtol=0)
     assert all(torch.allclose(a, b, atol=1e-10, rtol=0) for a, b in zip(same, plain))
+
+
+def test_transformers_block_maps_are_timms_with_the_same_weights(images, tmp_path):
+    """The maps a segmentation head reads from a reduced transformers ViT equal the timm model's
+    with the same weights and adapters (blocks counted from 0, the final norm applied)."""
+    from sparse_tuning.hosts import host_for
+
+    reduced, vit = _same_reduced_models(tmp_path)
+    x = images.double()
+    with torch.no_grad():
+        ours = host_for(reduced).block_maps(reduced, x, (3, 11))
+        theirs = host_for(vit).block_maps(vit, x, (3, 11))
+    assert [m.shape for m in ours] == [(2, 64, 8, 8)] * 2
+    assert all(torch.allclose(a, b, atol=1e-10, rtol=0) for a, b in zip(ours, theirs))

@@ -14,8 +14,8 @@ from .options import add_run_options, given_run_options, option_layers, rule_hel
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..training.config import resolve_config
-    from ..training.evaluate import top5_text
     from ..training.run import RESUME_CHANGES, resume_config, train_run
+    from ..training.tasks import get_task
 
     if args.resume:
         changes = {k: getattr(args, f"train.{k}") for k in RESUME_CHANGES if hasattr(args, f"train.{k}")}
@@ -23,33 +23,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         if others or args.out or args.config:
             raise UserError("--resume RUN_DIR continues a run with its own config.json; it takes no other "
                             "options than " + ", ".join("--" + c.replace("_", "-") for c in RESUME_CHANGES))
-        results = train_run(resume_config(args.resume, **changes), args.resume, resume=True)
+        cfg = resume_config(args.resume, **changes)
+        results = train_run(cfg, args.resume, resume=True)
     else:
         if not args.out:
             raise UserError("train needs --out RUN_DIR (where the run is written)")
-        results = train_run(resolve_config(*option_layers(args)), Path(args.out))
+        cfg = resolve_config(*option_layers(args))
+        results = train_run(cfg, Path(args.out))
     if results.get("final"):
-        final, best = results["final"], results["best"]
-        print(f"final (epoch {final['epoch']}): top-1 {final['top1']:.2f}{top5_text(final, ' ')}; "
-              f"best top-1 {best['top1']:.2f} (epoch {best['epoch']})")
+        final, best, task = results["final"], results["best"], get_task(cfg.task)
+        print(f"final (epoch {final['epoch']}): {task.text(final)}; best {task.primary_label} "
+              f"{best[task.primary]:.2f} (epoch {best['epoch']})")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..training.evaluate import top5_text
+    from ..training.records import read_run_config
     from ..training.run import eval_run
+    from ..training.tasks import get_task
 
     result = eval_run(args.run, args.data, args.keep_rate, args.device, args.batch_size, compile=args.compile,
                       reduction=args.reduction, tome_r=args.tome_r)
     tokens = result.get("reduction") or f"keep rate {result['keep_rate']}"
-    print(f"{result['split']}: top-1 {result['top1']:.2f}{top5_text(result, ' ')}  ({result['images']} images, {tokens})")
+    print(f"{result['split']}: {get_task(result['task']).text(result)}  ({result['images']} images, {tokens})")
+    if "iou" in result:  # segmentation: the per-class table
+        from ..training.segmentation import iou_table
+
+        print(iou_table(result["iou"], read_run_config(args.run).classes))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..training.run import predict_run
 
-    preds = predict_run(args.run, args.images, args.top_k, args.keep_rate, args.device)
+    preds = predict_run(args.run, args.images, args.top_k, args.keep_rate, args.device, masks=args.masks)
     text = json.dumps(preds, indent=1)
     if args.output:
         atomic_write_text(args.output, text + "\n")
@@ -79,7 +86,7 @@ def add_commands(sub) -> None:
     add_run_options(p)
     p.set_defaults(func=cmd_vtab)
 
-    p = sub.add_parser("eval", help="top-1 / top-5 of a trained run")
+    p = sub.add_parser("eval", help="top-1 / top-5 of a trained run (segmentation: mIoU, pixel accuracy, IoU per class)")
     add_trained_run_options(p, batch_size=128)
     p.add_argument("--data", default=None, help="data spec (default: the run's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first (one compile per input size)")
@@ -90,10 +97,13 @@ def add_commands(sub) -> None:
     p.add_argument("--tome-r", type=int, default=None, help="ToMe: tokens merged per block (with --reduction tome)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k labels of images with a trained run (JSON)")
+    p = sub.add_parser("predict", help="top-k labels of images with a trained run, or their masks (JSON)")
     add_trained_run_options(p)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, help="labels per image (default: %(default)s)")
+    p.add_argument("--masks", default=None, metavar="DIR",
+                   help="a segmentation run: write each image's predicted mask here, DIR/NAME.png at the image's "
+                        "size (palette PNG: pixel values are class indices, in VOC's colours)")
     p.add_argument("--output", default=None, help="also write the JSON here")
     p.set_defaults(func=cmd_predict)
 

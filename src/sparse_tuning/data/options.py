@@ -8,6 +8,7 @@ from ..text import count
 
 IMAGE_KINDS = ("folder", "vtab", "cifar100", "svhn", "food101", "mnist", "fashionmnist", "torchvision")
 VIDEO_KINDS = ("kinetics", "ssv2", "frames", "videolist")
+DENSE_KINDS = ("seg",)  # images with a mask each: --task segment
 AUGMENTS = ("auto", "none", "crop-flip", "crop")
 
 # --augment auto, for a new run: augmentation only pays on a complete dataset trained for many

@@ -38,6 +38,8 @@ class SegmentationData:
     eval: Dataset
     classes: list[str]
     eval_split: str
+    augment: str = "none"  # the image and its mask are only resized: nothing moves pixels apart from their labels
+    augment_reason: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -117,20 +119,30 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.pairs[i]
         H, W = self.size
-        image = rgb_loader(image_path).resize((W, H), Image.BILINEAR)
         mask = Image.fromarray(read_mask(mask_path).astype(np.uint8)).resize((W, H), Image.NEAREST)
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (x - self.mean) / self.std, torch.from_numpy(np.asarray(mask, dtype=np.int64))
+        return self.image(rgb_loader(image_path)), torch.from_numpy(np.asarray(mask, dtype=np.int64))
+
+    def image(self, image: Image.Image) -> torch.Tensor:
+        """An RGB image as the model reads it: resized to ``size``, normalised (predict uses it too)."""
+        H, W = self.size
+        x = torch.from_numpy(np.asarray(image.resize((W, H), Image.BILINEAR), dtype=np.float32) / 255.0)
+        return (x.permute(2, 0, 1) - self.mean) / self.std
 
 
 def load_segmentation_data(root: str | Path, size: tuple[int, int], mean: Sequence[float] = (0.485, 0.456, 0.406),
-                           std: Sequence[float] = (0.229, 0.224, 0.225)) -> SegmentationData:
-    """``seg:ROOT`` in either layout (VOC's when ``ROOT/JPEGImages`` exists), checked."""
+                           std: Sequence[float] = (0.229, 0.224, 0.225), train_samples: int = 0,
+                           eval_samples: int = 0, seed: int = 0) -> SegmentationData:
+    """``seg:ROOT`` in either layout (VOC's when ``ROOT/JPEGImages`` exists), checked; with
+    ``train_samples`` / ``eval_samples``, a subset of that many pairs drawn with ``seed``."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     voc = (root / "JPEGImages").is_dir()
     splits = {split: (voc_pairs if voc else folder_pairs)(root, split) for split in ("train", "val")}
+    for split, n in (("train", train_samples), ("val", eval_samples)):
+        if n and n < len(splits[split]):  # a class-balanced draw has no meaning for masks: a uniform one
+            picked = torch.randperm(len(splits[split]), generator=torch.Generator().manual_seed(seed))[:n]
+            splits[split] = [splits[split][i] for i in sorted(picked.tolist())]
     if voc:
         classes = list(VOC_CLASSES)
     elif (root / "classes.txt").is_file():
@@ -143,4 +155,5 @@ def load_segmentation_data(root: str | Path, size: tuple[int, int], mean: Sequen
     if len(classes) < 2:
         raise DataError(f"the masks under {root} hold {len(classes)} class; segmentation needs two or more")
     return SegmentationData(SegmentationDataset(splits["train"], size, mean, std),
-                            SegmentationDataset(splits["val"], size, mean, std), classes, "val")
+                            SegmentationDataset(splits["val"], size, mean, std), classes, "val",
+                            augment_reason="segmentation: image and mask resized together, no augmentation")

@@ -253,6 +253,19 @@ class HFHost(Host):
     def head(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
         return model.classifier(features[:, 0])
 
+    def block_maps(self, model: nn.Module, x: torch.Tensor, blocks: tuple[int, ...]) -> list[torch.Tensor]:
+        # output_hidden_states, restored to the full sequence on a patched model (hf_vit's forward
+        # hook), then the final norm timm's forward_intermediates(norm=True) applies: layernorm
+        # (ViT, DeiT, DINOv2) or CLIP's post_layernorm
+        hidden = model(pixel_values=x, output_hidden_states=True).hidden_states
+        base = _backbone(model)
+        norm = next(m for m in (getattr(base, "layernorm", None), getattr(base, "post_layernorm", None), nn.Identity())
+                    if m is not None)
+        n = self.num_prefix_tokens(model)
+        ph, pw = self.patch_size(model)
+        h, w = x.shape[-2] // ph, x.shape[-1] // pw
+        return [norm(hidden[b + 1])[:, n:].transpose(1, 2).reshape(x.shape[0], -1, h, w) for b in blocks]
+
     def patch(self, model: nn.Module, config: SparseTuningConfig) -> SparseTuningState:
         from .hf_vit import patch_layers
 

@@ -57,7 +57,16 @@ def _to_bytes(obj: Any) -> bytes:
 def _trainable(model: nn.Module, by_file_name: bool = True) -> dict[str, nn.Parameter]:
     # The host's file names (adapter_io's: blocks.N.adapter..., head...), so a run's file does not
     # depend on the host library's version (transformers 5 renamed its layers).
-    name = host_for(model).file_name if by_file_name else (lambda n: n)
+    # A task's head around the backbone (segmentation) keeps its own names, the backbone's under "backbone.".
+    from .tasks import backbone_of
+
+    backbone = backbone_of(model)
+    file_name = host_for(backbone).file_name if by_file_name else (lambda n: n)
+    prefix = "" if backbone is model else "backbone."
+
+    def name(n: str) -> str:
+        return prefix + file_name(n[len(prefix):]) if n.startswith(prefix) else n
+
     return {name(n): p for n, p in model.named_parameters() if p.requires_grad}
 
 

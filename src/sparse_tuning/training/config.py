@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional
 
 from ..core.reduction import get_rule, rule_names
 from ..core.config import SparseTuningConfig
-from ..data.options import AUGMENTS, VIDEO_KINDS, VideoConfig, absolute_spec
+from ..data.options import AUGMENTS, DENSE_KINDS, VIDEO_KINDS, VideoConfig, absolute_spec
 from ..errors import UserError
 from .validate import check_values
 from ..methods import get_method, method_config, method_names, option_owners, validate_options
@@ -147,7 +147,11 @@ def check_machine(train: TrainConfig) -> None:
 @dataclass
 class RunConfig:
     model: Optional[str] = None        # timm model name (vit_base_patch16_224.augreg_in21k) or hf:ID_OR_DIR (a transformers model)
-    data: Optional[str] = None         # folder:PATH | vtab:ROOT/TASK | cifar100:ROOT | svhn:ROOT | food101:ROOT | mnist:ROOT | fashionmnist:ROOT | torchvision:NAME:ROOT | kinetics:ROOT | ssv2:ROOT | frames:ROOT | videolist:TRAIN[,EVAL]
+    data: Optional[str] = None         # folder:PATH | vtab:ROOT/TASK | cifar100:ROOT | svhn:ROOT | food101:ROOT | mnist:ROOT | fashionmnist:ROOT | torchvision:NAME:ROOT | kinetics:ROOT | ssv2:ROOT | frames:ROOT | videolist:TRAIN[,EVAL] | seg:ROOT (segmentation: PASCAL VOC layout, or {train,val}/{images,masks})
+    # what the model learns: classify (a label per image) or segment (a class per pixel, from seg: data; a linear
+    # head on the patch tokens restored to the full grid). Default: segment for seg: data, classify otherwise
+    task: Literal["classify", "segment"] = "classify"
+    head_blocks: tuple[int, ...] = ()  # --task segment: the blocks whose outputs the head reads, concatenated (default: the last; -1 counts from the end)
     method: str = "sparse-tuning"      # what trains (the methods are listed under --method)
     preset: Optional[Literal["vtab", "full"]] = None  # the paper's recipe, under your options: vtab (b=8, lr 1e-2) or full (b=32, lr 1e-3)
     pretrained: bool = True            # load the model's pre-trained weights from the hub; --no-pretrained: a seeded random backbone (tests, smoke runs)
@@ -183,6 +187,8 @@ class RunConfig:
         d = dict(d)
         st = d.pop("sparse_tuning", None)
         known = {f.name for f in dataclasses.fields(cls)} - {"baseline", "video", "train"}
+        if "head_blocks" in d:
+            d["head_blocks"] = tuple(d["head_blocks"] or ())
         cfg = cls(**{k: v for k, v in d.items() if k in known},  # a key added by hand is left alone
                   sparse_tuning=SparseTuningConfig.from_dict(st) if st else None,
                   baseline=validate_options(d.get("baseline") or {}),
@@ -283,6 +289,9 @@ def resolve_config(*layers: dict[str, Any]) -> RunConfig:
     cfg = RunConfig(**{**top, "method": method}, sparse_tuning=method_config(method, keep, **fields),
                     baseline=validate_options(merged["baseline"]), video=VideoConfig(**merged["video"]),
                     train=TrainConfig(**merged["train"]))
+    if "task" not in merged and str(cfg.data or "").partition(":")[0] in DENSE_KINDS:
+        cfg.task = "segment"
+    cfg.head_blocks = tuple(cfg.head_blocks)
     cfg.choices = schedule_choices(cfg, given)
     if "augment" in merged:  # else train chooses it from the data (--augment auto)
         cfg.choices["augment"] = "given"
@@ -307,6 +316,7 @@ def schedule_choices(cfg: RunConfig, given: set[str]) -> dict[str, str]:
 
 
 def check_run_config(cfg: RunConfig) -> None:
+    check_task(cfg)
     for name in ("train_samples", "eval_samples"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -346,3 +356,25 @@ def check_run_config(cfg: RunConfig) -> None:
                         f"{cfg.method} here " + (f"reduces by {st.reduction}, which has no keep rate"
                                                   if st is not None and not st.keeps_every_token
                                                   else "keeps every token"))
+
+
+def check_task(cfg: RunConfig) -> None:
+    """Segmentation reads seg: data, one image at a time with its mask: the options that mix images
+    or compare per-image logits do not apply to it."""
+    dense = str(cfg.data or "").partition(":")[0] in DENSE_KINDS
+    if cfg.task == "classify":
+        if dense and cfg.data:
+            raise UserError("seg: data holds masks for --task segment; --task classify needs labelled images")
+        if cfg.head_blocks:
+            raise UserError("head_blocks chooses the blocks a segmentation head reads; it goes with --task segment")
+        return
+    if cfg.data and not dense:
+        raise UserError(f"--task segment reads seg:ROOT data (images and their masks), not {cfg.data.partition(':')[0]}:")
+    given = [name for name, on in (("mixup", cfg.train.mixup), ("cutmix", cfg.train.cutmix),
+                                   ("self_distill", cfg.train.self_distill), ("teacher", cfg.train.teacher),
+                                   ("frames", cfg.video.frames)) if on]
+    if given:
+        raise UserError(f"{given[0]} is for classification; --task segment trains without it")
+    if cfg.augment not in ("auto", "none"):
+        raise UserError(f"--augment {cfg.augment} moves pixels without their mask; --task segment trains without "
+                        "augmentation (--augment none, or auto)")

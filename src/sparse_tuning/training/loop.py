@@ -32,7 +32,7 @@ from .devices import autocast, compiled, resolve_device
 from .distill import Distillation
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
 from .errors import Interrupted, TrainingError
-from .evaluate import evaluate, top5_text
+from .tasks import Classification, Task, backbone_of
 from .progress import MetricsLog, Progress, TensorBoardLog, opening_summary, schedule_warnings
 from ..text import count
 
@@ -66,11 +66,15 @@ class Trainer:
                  resume: bool = False, metadata: Optional[dict[str, str]] = None,
                  log: Callable[[str], None] = print, hook: Optional[Callable[..., TrainHook]] = None,
                  record: Optional[dict[str, Any]] = None, changeable: tuple[str, ...] = (),
-                 choices: Optional[dict[str, str]] = None, distill: Optional[Distillation] = None) -> None:
+                 choices: Optional[dict[str, str]] = None, distill: Optional[Distillation] = None,
+                 task: Optional[Task] = None) -> None:
         """record: the run's whole config, kept in each checkpoint; a resume refuses a config that
         differs from it except in ``changeable`` training fields. choices: why the learning rate,
-        warmup, schedule and augmentation have their values (the opening summary prints them)."""
+        warmup, schedule and augmentation have their values (the opening summary prints them).
+        task: what the model learns (training/tasks.py; classification by default)."""
         self.model, self.data, self.cfg, self.run_dir, self.log = model, data, cfg, Path(run_dir), log
+        self.task = task or Classification()
+        self.backbone = backbone_of(model)  # what the hosts, the methods and their hooks read
         self.choices = choices or {}
         self.distill = distill or Distillation(cfg.self_distill, temperature=cfg.distill_temperature)
         if cfg.lr is None:
@@ -98,10 +102,10 @@ class Trainer:
                             "loaded model) (training.run does)")
         if cfg.amp == "fp16" and not self.device.startswith("cuda"):
             raise UserError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
-        self.hook = hook(model, cfg, self.steps_per_epoch) if hook is not None else TrainHook()
+        self.hook = hook(self.backbone, cfg, self.steps_per_epoch) if hook is not None else TrainHook()
 
         if cfg.grad_checkpointing:
-            host_for(model).set_grad_checkpointing(model, True)
+            host_for(self.backbone).set_grad_checkpointing(self.backbone, True)
         model.to(self.device)
         if self.distill.teacher is not None:
             self.distill.teacher.to(self.device)
@@ -114,9 +118,9 @@ class Trainer:
         self.ddp = self.net  # no_sync lives on the DDP wrapper, not on a compiled one
         self.net = compiled(self.net, cfg.compile, cfg.compile_backend)
         self.eval_net = compiled(model, cfg.compile, cfg.compile_backend)  # the same weights, compiled once
-        self.mixup, self.criterion = self._loss(data.num_classes)
+        self.mixup, self.criterion = self.task.loss(cfg, data.num_classes)
 
-        self.step_index, self.best = 0, {"top1": -1.0, "epoch": -1}
+        self.step_index, self.best = 0, {self.task.primary: -1.0, "epoch": -1}
         self.evaluated_epoch = -1  # the last epoch whose evaluation finished
         self.skipped, self.images_read, self.step_images = 0, 0, 0
         self.stop_signal: Optional[int] = None
@@ -128,17 +132,6 @@ class Trainer:
         sinks = (TensorBoardLog(self.run_dir / "tensorboard", self.step_index, record),) \
             if d.main and "tensorboard" in loggers(cfg.log) else ()
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", d.main, self.step_index, sinks)
-
-    def _loss(self, num_classes: int):
-        cfg = self.cfg
-        if cfg.mixup > 0 or cfg.cutmix > 0:
-            from timm.data import Mixup
-            from timm.loss import SoftTargetCrossEntropy
-
-            mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
-                          num_classes=num_classes)
-            return mixup, SoftTargetCrossEntropy()
-        return None, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     def _resume(self) -> None:
         folder = latest_checkpoint(self.run_dir)
@@ -257,17 +250,19 @@ class Trainer:
         """Evaluate as the model will be used (the hook restores the schedule afterwards)."""
         self.hook.before_eval()
         try:
-            result = evaluate(self.eval_net, self.data.eval, self.cfg.eval_batch_size, self.device, self.cfg.amp,
-                              self.d, self.cfg.num_workers)
+            result = self.task.evaluate(self.eval_net, self.data.eval, self.cfg.eval_batch_size, self.device,
+                                        self.cfg.amp, self.d, self.cfg.num_workers)
         finally:
             self.hook.after_eval()
-        if result["top1"] > self.best["top1"]:
-            self.best = {"top1": result["top1"], "epoch": epoch}
+        primary = self.task.primary
+        if result[primary] > self.best[primary]:
+            self.best = {primary: result[primary], "epoch": epoch}
         self.metrics.write({"step": self.step_index, "epoch": epoch, "split": self.data.eval_split, **result})
         return {"epoch": epoch, **result}
 
     def run(self, about: str = "") -> dict[str, Any]:
-        """Train to the last epoch; returns {"final": the last evaluation, "best": best top-1 and its epoch}.
+        """Train to the last epoch; returns {"final": the last evaluation, "best": the best value of the
+        task's primary metric (top-1, mIoU) and its epoch}.
 
         SIGINT (Ctrl-C) and SIGTERM stop the run after the current step with a checkpoint
         (``Interrupted``); a second one stops at once. The loggers are closed however it ends.
@@ -299,7 +294,7 @@ class Trainer:
                         progress.update(self.step_index, loss, self.step_images)
                         if self.step_index % cfg.log_every == 0 or self.step_index == self.total_steps:
                             self.metrics.write({"step": self.step_index, "epoch": epoch, "loss": loss, "lr": lr,
-                                                "images_per_s": rate, **token_metrics(self.model), **self.hook.metrics(),
+                                                "images_per_s": rate, **token_metrics(self.backbone), **self.hook.metrics(),
                                                 "skipped_images": self.skipped})
                         if cfg.save_every and self.step_index % cfg.save_every == 0:
                             self.checkpoint()
@@ -329,8 +324,9 @@ class Trainer:
     def _end_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
         final = self.evaluate(epoch)
         self.evaluated_epoch = epoch
-        progress.message(f"epoch {epoch}: {self.data.eval_split} top-1 {final['top1']:.2f}"
-                         f"{top5_text(final, ',')} (best {self.best['top1']:.2f} at epoch {self.best['epoch']})")
+        task = self.task
+        progress.message(f"epoch {epoch}: {self.data.eval_split} {task.text(final, ', ')} (best "
+                         f"{task.primary_label} {self.best[task.primary]:.2f} at epoch {self.best['epoch']})")
         self.checkpoint()
         return final
 
@@ -384,11 +380,12 @@ class _StopOnSignal:
 def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
           metadata: Optional[dict[str, str]] = None, log: Callable[[str], None] = print,
           hook: Optional[Callable[..., TrainHook]] = None, about: str = "",
-          distill: Optional[Distillation] = None) -> dict[str, Any]:
+          distill: Optional[Distillation] = None, task: Optional[Task] = None) -> dict[str, Any]:
     """Train ``model`` on ``data.train``, evaluate on ``data.eval``; writes into ``run_dir``.
 
     ``hook``: the method's ``train_hook`` factory (``hook(model, cfg, steps_per_epoch)``), if any;
     ``distill``: the distillation terms (by default ``cfg.self_distill``'s; a ``cfg.teacher`` needs
-    its loaded model here). Returns {"final": eval metrics of the last epoch, "best": best top-1 and its epoch}.
+    its loaded model here); ``task``: classification (default) or ``tasks.Segmentation()``. Returns
+    {"final": eval metrics of the last epoch, "best": the best primary metric and its epoch}.
     """
-    return Trainer(model, data, cfg, run_dir, resume, metadata, log, hook, distill=distill).run(about)
+    return Trainer(model, data, cfg, run_dir, resume, metadata, log, hook, distill=distill, task=task).run(about)

@@ -76,8 +76,8 @@ def option_defaults(changeable: tuple[str, ...]) -> dict[str, Any]:
 
 def comparable_record(record: Any, changeable: tuple[str, ...]) -> dict[str, Any]:
     """A run config flattened to 'section.field' keys, without what a resume may change."""
-    if isinstance(record, str):
-        record = json.loads(record)
+    # through JSON either way, so a tuple in a config compares equal to the list its file holds
+    record = json.loads(record if isinstance(record, str) else json.dumps(record))
     flat = {}
     for key, value in record.items():
         if key == "choices":  # why the options have their values, not an option

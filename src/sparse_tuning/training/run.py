@@ -29,24 +29,26 @@ from .config import RunConfig, resolve_config
 from .records import read_run_config
 from .distill import Distillation
 from .devices import compiled
-from .loop import Trainer, evaluate, resolve_device
+from .loop import Trainer, resolve_device
+from .tasks import backbone_of, get_task
 from .run_folder import RunFolderError, RunLock, check_new_folder, is_run_folder, read_json, remove_temporaries
 from ..text import count
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     """The backbone from the run config (weights from the hub, a file, or a seeded random init),
-    with the method applied."""
+    with the method applied, inside the task's model (a segmentation head around it)."""
     host = host_named(cfg.model)
     torch.manual_seed(cfg.train.seed)  # a random backbone (--no-pretrained) is rebuilt identically
     hub = cfg.pretrained and not cfg.weights
-    model = host.create(cfg.model, pretrained=hub, img_size=cfg.img_size, num_classes=num_classes)
+    task = get_task(cfg.task)
+    model = host.create(cfg.model, pretrained=hub, img_size=cfg.img_size, num_classes=task.backbone_classes(num_classes))
     if cfg.weights:
         host.load_weights(model, cfg.weights)
     prepare(model, cfg.method, cfg.sparse_tuning, cfg.baseline)
     if cfg.video.frames:
         model = host.video_model(model, cfg.video.frames, cfg.video.video_tokens, cfg.video.tubelet)
-    return model
+    return task.model(model, num_classes, cfg.head_blocks)
 
 
 def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None, eval_only: bool = False,
@@ -55,10 +57,17 @@ def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None, eval
     --augment auto is chosen from the data (the data's ``augment`` and ``augment_reason``)."""
     from ..data.images import load_image_data
     from ..data.video import load_video_data
-    from ..data.options import VIDEO_KINDS
+    from ..data.options import DENSE_KINDS, VIDEO_KINDS
 
     spec = data or cfg.data
     kind, _, path = spec.partition(":")
+    if kind in DENSE_KINDS:
+        from ..data.segmentation import load_segmentation_data
+
+        dc = host_for(probe).data_config(probe)  # the backbone's input size and normalisation
+        return load_segmentation_data(path, tuple(dc["input_size"][1:]), dc["mean"], dc["std"],
+                                      train_samples=0 if eval_only else cfg.train_samples,
+                                      eval_samples=cfg.eval_samples, seed=cfg.train.seed)
     if kind not in VIDEO_KINDS:
         return load_image_data(spec, probe, download=cfg.download, strict=cfg.strict_data, augment=cfg.augment,
                                train_samples=cfg.train_samples, eval_samples=cfg.eval_samples, seed=cfg.train.seed,
@@ -158,18 +167,20 @@ def _train_locked(cfg: RunConfig, run_dir: Path, resume: bool, log, main: bool) 
     meta = {"method": cfg.method, "model": cfg.model}
     distill = Distillation(cfg.train.self_distill, teacher_model(cfg, model), cfg.train.teacher_weight,
                            cfg.train.distill_temperature)
+    task = get_task(cfg.task)
     trainer = Trainer(model, data, cfg.train, run_dir, resume=resume, metadata=meta, log=log,
                       hook=method.train_hook, record=cfg.to_dict(), changeable=RESUME_CHANGES,
-                      choices=cfg.choices, distill=distill)
+                      choices=cfg.choices, distill=distill, task=task)
     if main:  # every check passed: only now is the folder written
         atomic_write_bytes(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1).encode())
     results = trainer.run(about=f"{cfg.model}, --method {cfg.method}" + reduction_text(cfg.sparse_tuning))
     if main:
         save_trainable(model, run_dir / "trainable.safetensors", meta)
         if method.saves_adapters:  # the portable file for sparse_tuning.load_adapters
-            save_adapters(host_for(model).image_model(model), run_dir / "adapters.safetensors")
-        results = {"eval_split": data.eval_split, **results,
-                   "note": "final = last epoch; best = highest top-1 over the evaluated epochs"}
+            backbone = backbone_of(model)
+            save_adapters(host_for(backbone).image_model(backbone), run_dir / "adapters.safetensors")
+        results = {"eval_split": data.eval_split, "task": task.name, **results,
+                   "note": f"final = last epoch; best = highest {task.primary_label} over the evaluated epochs"}
         atomic_write_bytes(run_dir / "results.json", json.dumps(results, indent=1).encode())
     return results
 
@@ -181,6 +192,8 @@ def teacher_model(cfg: RunConfig, student: nn.Module) -> Optional[nn.Module]:
         return None
     if not is_run_folder(cfg.train.teacher):
         raise RunFolderError(f"--teacher {cfg.train.teacher} is not a trained run folder")
+    if read_run_config(cfg.train.teacher).task != "classify":
+        raise UserError(f"--teacher {cfg.train.teacher} is a segmentation run; a teacher gives class logits per image")
     teacher, taught = load_run(cfg.train.teacher)
     if (taught.num_classes, list(taught.classes)) != (cfg.num_classes, list(cfg.classes)):
         raise UserError(f"--teacher {cfg.train.teacher} was trained on {taught.num_classes} classes "
@@ -246,13 +259,14 @@ def load_run(run_dir: str | Path, keep_rate: Optional[float] = None, reduction: 
     model = build_model(cfg, cfg.num_classes)
     load_trainable(model, weights)
     if keep_rate is not None:
-        set_keep_rate(model, keep_rate, cfg.method)
+        set_keep_rate(backbone_of(model), keep_rate, cfg.method)
     return model.eval(), cfg
 
 
 def load_eval_data(model: nn.Module, cfg: RunConfig, data: Optional[str] = None):
     """A run's data (or another spec), checked against the number of classes it was trained on."""
-    images = load_data(cfg, host_for(model).image_model(model), data, eval_only=True)
+    backbone = backbone_of(model)
+    images = load_data(cfg, host_for(backbone).image_model(backbone), data, eval_only=True)
     if images.num_classes != cfg.num_classes:
         raise UserError(f"the data has {images.num_classes} classes; the run was trained on {cfg.num_classes}")
     if cfg.classes and list(images.classes) != list(cfg.classes):
@@ -277,11 +291,12 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
     device = resolve_device(device)
     images = load_eval_data(model, cfg, data)
     torch.manual_seed(cfg.train.seed)  # the random rule's draws: an evaluation repeats exactly
-    result = evaluate(compiled(model.to(device), compile, cfg.train.compile_backend), images.eval, batch_size, device,
-                      cfg.train.amp)
-    st = getattr(model, "sparse_tuning", None)
+    task = get_task(cfg.task)
+    result = task.evaluate(compiled(model.to(device), compile, cfg.train.compile_backend), images.eval, batch_size,
+                           device, cfg.train.amp)
+    st = getattr(backbone_of(model), "sparse_tuning", None)
     spec = absolute_spec(data) if data else cfg.data
-    result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0, data=spec)
+    result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0, data=spec, task=task.name)
     if reduction not in (None, "none"):
         result["reduction"] = cfg.sparse_tuning.describe_reduction()
     if write:
@@ -295,15 +310,28 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
 
 
 def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rate: Optional[float] = None,
-                device: str = "auto") -> list[dict[str, Any]]:
+                device: str = "auto", masks: Optional[str | Path] = None) -> list[dict[str, Any]]:
+    """A classification run: each image's top-k labels. A segmentation run: each image's mask,
+    written as a palette PNG into ``masks`` (needed), and the share of pixels per class."""
     from ..data.images import augment_mode, make_transforms, parse_data_spec, read_user_image, user_image_paths
 
     images = user_image_paths(images)
+    cfg = read_run_config(run_dir)
+    if (cfg.task == "segment") != (masks is not None):
+        raise UserError(f"{run_dir} is a segmentation run: give --masks DIR for its predicted masks"
+                        if cfg.task == "segment" else "--masks DIR is for segmentation runs; this one classifies")
     model, cfg = load_run(run_dir, keep_rate)
     if cfg.video.frames:
         raise UserError("predict reads images; for a video run, use eval")
     device = resolve_device(device)
     model.to(device)
+    if cfg.task == "segment":
+        from ..data.segmentation import SegmentationDataset
+        from .segmentation import predict_masks
+
+        dc = host_for(backbone_of(model)).data_config(backbone_of(model))
+        reader = SegmentationDataset([], tuple(dc["input_size"][1:]), dc["mean"], dc["std"])  # as in training
+        return predict_masks(model, images, reader.image, cfg.classes, masks, device)
     _, transform = make_transforms(model, augment_mode(parse_data_spec(cfg.data), cfg.augment))
     loaded = [read_user_image(path) for path in images]  # every file checked before any work
     out = []
