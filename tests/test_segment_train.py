@@ -183,3 +183,16 @@ def test_a_segmentation_run_resumes_with_more_epochs(squares, tmp_path):
                    if '"split"' in line]
     assert [e["epoch"] for e in evaluations] == [0, 1]
     assert results["best"]["miou"] == max(e["miou"] for e in evaluations)
+
+
+@pytest.mark.parametrize("method", ["dense", "sparse-tuning"])
+def test_flops_count_the_segmentation_head(method):
+    """The head's 1x1 convolution is in the count: 45 more classes add width x 45 x the 8x8 grid
+    multiply-adds and nothing else; parameters grow by its weights and biases."""
+    from sparse_tuning.tools.flops import model_cost
+
+    few, many = (model_cost(MODEL, method, num_classes=k, task="segment") for k in (5, 50))
+    assert (many["gflops"] - few["gflops"]) * 1e9 == pytest.approx(64 * 45 * 8 * 8, abs=1e-3)
+    assert many["params_total"] - few["params_total"] == 45 * (64 + 1)
+    with pytest.raises(ValueError, match="--num-classes"):
+        model_cost(MODEL, method, task="segment")

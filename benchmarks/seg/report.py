@@ -68,7 +68,7 @@ def meta(args: argparse.Namespace, argv: list[str], timing: dict[str, Any]) -> d
     return {"command": "python benchmarks/seg/seg.py " + " ".join(argv), "date": datetime.date.today().isoformat(),
             "machine": f"{platform.machine()}, {timing.get('threads', torch.get_num_threads())} threads",
             "torch": torch.__version__, "timm": timm.__version__, "model": MODEL, "img_size": args.img_size,
-            "train_samples": args.train_samples, "test_scenes": 1000, "epochs": args.epochs,
+            "train_samples": args.train_samples, "test_scenes": args.eval_samples, "epochs": args.epochs,
             "batch_size": args.batch_size, "timing_batch_size": timing.get("batch_size"),
             "timing_date": timing.get("date")}
 
@@ -175,7 +175,7 @@ def boundary(args: argparse.Namespace, models: dict) -> None:
 
     data = load_segmentation_data(args.data, (args.img_size, args.img_size), (0.485, 0.456, 0.406),
                                   (0.229, 0.224, 0.225))
-    indices = range(0, len(data.eval), 4)  # 250 of the 1,000
+    indices = range(0, len(data.eval), 4)  # 250 of the 1,000 held-out scenes
     masks = [data.eval[i][1].numpy() for i in indices]
     edges = []
     for m in masks:

@@ -19,7 +19,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     fields = {k: getattr(args, k) for k in ("bottleneck", "sparsify_at", "merge", "reduction", "tome_r",
                                             "proportional_attention") if getattr(args, k) is not None}
     cost = model_cost(args.model, args.method, args.img_size, args.num_classes, args.keep_rate,
-                      frames=args.frames, video_tokens=args.video_tokens, tubelet=args.tubelet, **fields)
+                      frames=args.frames, video_tokens=args.video_tokens, tubelet=args.tubelet, task=args.task, **fields)
     print(json.dumps(cost) if args.json else cost_text(cost))
     return 0
 
@@ -77,7 +77,10 @@ def add_flops_command(sub) -> None:
 
     p = sub.add_parser("flops", help="GFLOPs, parameters and tokens per block of a model (no weights needed)")
     add_model_options(p, ["model", "img_size"], model="vit_base_patch16_224")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier classes (default: the model's); "
+                                                                  "with --task segment, the head's")
+    p.add_argument("--task", choices=("classify", "segment"), default="classify",
+                   help="classify, or segment: the model with its segmentation head (needs --num-classes)")
     p.add_argument("--method", choices=method_names() + ("dense",), default="sparse-tuning", metavar="METHOD",
                    help="a method (`sparse-tuning methods` lists them), or dense: the plain model "
                         "(default: %(default)s)")

@@ -117,11 +117,12 @@ def _num_tokens(model: nn.Module, input_size: tuple[int, int, int]) -> int:
 
 def model_cost(model: str, method: str = "sparse-tuning", img_size: Optional[int] = None,
                num_classes: Optional[int] = None, keep_rate: Optional[float] = None,
-               frames: Optional[int] = None, video_tokens: str = "joint", tubelet: int = 2,
+               frames: Optional[int] = None, video_tokens: str = "joint", tubelet: int = 2, task: str = "classify",
                **sparse_tuning_fields) -> dict:
     """GFLOPs, parameters and tokens per block of a model by name with a method applied ("dense":
     the plain model), next to the plain model's GFLOPs; no weights (meta device). With ``frames``,
-    one video clip in the given token layout."""
+    one video clip in the given token layout; with ``task="segment"``, the model with its
+    segmentation head (``num_classes`` classes, the backbone's classifier removed), both counts."""
     from ..api import count_params
     from ..hosts import build_architecture
     from ..methods import method_config, prepare
@@ -134,7 +135,12 @@ def model_cost(model: str, method: str = "sparse-tuning", img_size: Optional[int
         config = None
     else:
         config = method_config(method, keep_rate, **sparse_tuning_fields)
-    vit = build_architecture(model, img_size, num_classes)
+    from ..training.tasks import get_task
+
+    segment = get_task(task)
+    if segment.name == "segment" and (frames or not num_classes):
+        raise UserError("--task segment counts images with a head of --num-classes N classes (N >= 2)")
+    vit = build_architecture(model, img_size, segment.backbone_classes(num_classes) if num_classes else None)
     host = host_for(vit)
     host.check_supported(vit)
     size = host.input_size(vit)
@@ -147,16 +153,18 @@ def model_cost(model: str, method: str = "sparse-tuning", img_size: Optional[int
         gflops = count_model_flops(video(), (1, size[0], frames, *size[1:]))
         out.update(frames=frames, video_tokens=video_tokens, tubelet=tubelet, gflops=gflops, dense_gflops=dense)
     else:
-        dense = flop_report(vit, size).gflops
+        with_head = lambda: count_model_flops(segment.model(vit, num_classes), (1, *size))
+        dense = with_head() if segment.name == "segment" else flop_report(vit, size).gflops
         if method != "dense":
             prepare(vit, method, config)
         report = flop_report(vit, size)
         st = getattr(vit, "sparse_tuning", None)
         out.update(img_size=list(size[1:]), config=st.config.to_dict() if config is not None else None,
-                   sparsify_at=list(st.sparsify_at) if config is not None else [],
-                   gflops=report.gflops, dense_gflops=dense,
+                   sparsify_at=list(st.sparsify_at) if config is not None else [], task=segment.name,
+                   num_classes=num_classes,
+                   gflops=with_head() if segment.name == "segment" else report.gflops, dense_gflops=dense,
                    tokens_per_block=[list(t) for t in report.tokens_per_block])
-    out["params_total"], out["params_trainable"] = count_params(vit)
+    out["params_total"], out["params_trainable"] = count_params(segment.model(vit, num_classes) if num_classes else vit)
     return out
 
 
@@ -193,5 +201,6 @@ def cost_text(cost: dict) -> str:
                   + (f", bottleneck {c['bottleneck']}" if c["adapters"] else ""))
     else:
         method = f"method       {cost['method']}" + (" (plain model)" if cost["method"] == "dense" else "")
-    return "\n".join([f"model        {cost['model']} at {h}x{w}", method, f"GFLOPs       {cost['gflops']:.2f}  ({share})",
+    head = f", segmentation head of {cost['num_classes']} classes" if cost.get("task") == "segment" else ""
+    return "\n".join([f"model        {cost['model']} at {h}x{w}{head}", method, f"GFLOPs       {cost['gflops']:.2f}  ({share})",
                       params, f"tokens       {tokens_line(cost['tokens_per_block'])}"])

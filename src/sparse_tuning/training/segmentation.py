@@ -40,7 +40,8 @@ class SegmentationModel(nn.Module):
         if wrong:
             raise UserError(f"head block {wrong[0]}: the model has {depth} blocks (0-{depth - 1}, or -1 for the last)")
         self.blocks = tuple(b % depth for b in self.blocks)
-        self.head = nn.Conv2d(host.width(backbone) * len(self.blocks), num_classes, kernel_size=1)
+        self.head = nn.Conv2d(host.width(backbone) * len(self.blocks), num_classes, kernel_size=1,
+                              device=next(backbone.parameters()).device)  # beside the backbone (meta for FLOP counts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes, H, W) at the input's size."""
