@@ -196,3 +196,45 @@ def test_flops_count_the_segmentation_head(method):
     assert many["params_total"] - few["params_total"] == 45 * (64 + 1)
     with pytest.raises(ValueError, match="--num-classes"):
         model_cost(MODEL, method, task="segment")
+
+
+@pytest.mark.parametrize("scale, expected", [(None, 10.0), (3.0, 3.0)])
+def test_the_head_learns_at_its_multiple_of_the_learning_rate(squares, tmp_path, scale, expected):
+    """The decoder's parameter groups follow the schedule at head_lr_scale times it (10 by default
+    for segmentation), the adapters' at the schedule itself; a classification run has no such group."""
+    from sparse_tuning.data.images import worker_batches
+    from sparse_tuning.methods import get_method
+    from sparse_tuning.training.loop import Trainer
+    from sparse_tuning.training.run import build_model, load_data
+    from sparse_tuning.training.tasks import get_task
+
+    cfg = config(squares, **({} if scale is None else {"head_lr_scale": scale}))
+    model = build_model(cfg, 3)
+    data = load_data(cfg, model.backbone)
+    trainer = Trainer(model, data, cfg.train, tmp_path / "run", hook=get_method(cfg.method).train_hook,
+                      task=get_task("segment"), log=lambda line: None)
+    loader, _ = trainer.loader(0)
+    with worker_batches(loader) as batches:
+        _, lr, _ = trainer.step(batches)
+    head = {id(p) for p in model.head.parameters()}
+    for group in trainer.optimizer.param_groups:
+        is_head = any(id(p) in head for p in group["params"])
+        assert group["lr"] == pytest.approx(lr * (expected if is_head else 1.0))
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups if "lr_scale" in g) == 2
+
+
+def test_a_transformers_vit_segments_too(squares, tmp_path, capsys):
+    """hf:DIR with seg: data: the same head on its restored hidden states; trained, evaluated and
+    predicting masks through the CLI."""
+    from test_hf_host import hf_vit
+
+    hf_vit(depth=4).save_pretrained(tmp_path / "vit")
+    run = tmp_path / "run"
+    assert main(["train", "--model", f"hf:{tmp_path / 'vit'}", "--data", f"seg:{squares}", "--epochs", "1",
+                 "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--keep-rate", "0.5",
+                 "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["task"] == "segment" and 0 <= results["final"]["miou"] <= 100
+    image = str(squares / "val" / "images" / "1.png")
+    assert main(["predict", "--run", str(run), "--masks", str(tmp_path / "m"), image]) == 0
+    assert Image.open(tmp_path / "m" / "1.png").size == (24, 24)

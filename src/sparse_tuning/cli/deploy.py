@@ -10,7 +10,12 @@ from .options import add_model_options
 def cmd_export(args: argparse.Namespace) -> int:
     from ..tools.export import export_run
 
-    print(f"wrote {export_run(args.run, args.format, args.out, args.keep_rate)}")
+    path = export_run(args.run, args.format, args.out, args.keep_rate, args.quantize)
+    print(f"wrote {path}")
+    if args.quantize and args.check_samples:
+        from ..tools.onnx_engine import quantization_check
+
+        print(quantization_check(args.run, path, args.check_samples, args.keep_rate))
     return 0
 
 
@@ -31,6 +36,12 @@ def add_commands(sub) -> None:
                         "export (torch.export .pt2), safetensors (for load_model)")
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--keep-rate", type=float, default=None, help="bake in another keep rate (default: the run's)")
+    p.add_argument("--quantize", choices=("int8", "int8-static"), default=None,
+                   help="with --format onnx: int8 matrix products (onnxruntime.quantization): int8 = dynamic (weights "
+                        "int8, activations per batch), int8-static (activation ranges calibrated on 64 training images)")
+    p.add_argument("--check-samples", type=int, default=500,
+                   help="with --quantize: top-1 (or mIoU) of the int8 file vs the run's own model on this many of the "
+                        "run's evaluation images, printed (0: no check; default: %(default)s)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("visualize", help="kept-token picture of your images, with a trained run or a backbone")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..core.reduction import get_rule, rule_names
+from ..errors import UserError
 from .options import add_model_options
 from .train import add_trained_run_options
 
@@ -47,14 +48,54 @@ def cmd_bench(args: argparse.Namespace) -> int:
         split_row(m)
     if args.weights and not Path(args.weights).is_file():
         raise FileNotFoundError(f"weights file not found: {args.weights}")
-    setup = BenchSetup(args.model, args.img_size, args.batch_size, resolve_device(args.device), args.amp,
+    batch_sizes = _batch_sizes(args.batch_size)
+    if len(batch_sizes) > 1 and not args.engine:
+        raise UserError("several --batch-size values go with --engine (the inference engines' table)")
+    setup = BenchSetup(args.model, args.img_size, batch_sizes[0], resolve_device(args.device), args.amp,
                        weights=args.weights, compile=args.compile, keep_rate=args.keep_rate,
                        tome_r=tuple(args.tome_r) if args.tome_r else (8,))
+    if args.engine:
+        return _bench_engines(args, setup, methods, batch_sizes)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     accuracy = run_accuracies(args.runs) if args.runs else None
     rows = run_bench(setup, methods, args.rounds, args.warmup, memory=not args.no_memory, accuracy=accuracy,
                      progress=_say)
     print(bench_table(rows))
     write_bench(args.out, bench_meta(setup, "sparse-tuning " + shlex.join(args.argv), args.rounds, args.warmup), rows)
+    return 0
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"--batch-size {text}: expected a positive integer, or several comma-separated")
+    return sizes
+
+
+def _bench_engines(args: argparse.Namespace, setup, methods: list[str], batch_sizes: list[int]) -> int:
+    from ..tools.bench import bench_meta, write_bench
+    from ..tools.engines import check_engines, engine_table, plot_engines, run_engine_bench
+
+    engines = [e.strip() for e in args.engine.split(",") if e.strip()]
+    check_engines(engines)
+    if args.compile or args.amp != "off" or args.runs:
+        raise UserError("--engine times fp32 inference per engine (compiled is an engine); leave out --compile, "
+                        "--amp and --runs")
+    rows = run_engine_bench(setup, methods, engines, batch_sizes, args.rounds, args.warmup, args.threads,
+                            progress=_say)
+    print(engine_table(rows))
+    import torch
+
+    meta = {**bench_meta(setup, "sparse-tuning " + shlex.join(args.argv), args.rounds, args.warmup),
+            "engines": engines, "batch_sizes": batch_sizes, "threads": torch.get_num_threads(),
+            "memory": "not measured (--engine times inference only)"}
+    write_bench(args.out, meta, rows, table=engine_table, draw=plot_engines)
     return 0
 
 
@@ -101,7 +142,14 @@ def add_commands(sub) -> None:
                                                       "rows 'METHOD+RULE'; a row may also be written so in --methods")
     add_model_options(p, ["keep_rate", "tome_r"])
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per step (default: %(default)s)")
+    p.add_argument("--batch-size", default="16", help="images per step (default: %(default)s); with --engine, "
+                                                      "several comma-separated: 1,8,32")
+    p.add_argument("--engine", default=None,
+                   help="inference engines to compare instead of the training/inference table, comma-separated: "
+                        "torch, compiled (torch.compile), onnxruntime, onnxruntime-int8 (dynamic int8); each method "
+                        "and the plain model (dense) exported and timed at each --batch-size")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every engine (torch and ONNX Runtime; "
+                                                            "default: their own choice)")
     add_model_options(p, ["amp"], amp="off")
     p.add_argument("--rounds", type=int, default=10, help="timed rounds; the median is reported (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")

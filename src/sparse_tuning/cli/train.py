@@ -38,25 +38,54 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..training.records import read_run_config
-    from ..training.run import eval_run
     from ..training.tasks import get_task
 
-    result = eval_run(args.run, args.data, args.keep_rate, args.device, args.batch_size, compile=args.compile,
-                      reduction=args.reduction, tome_r=args.tome_r)
-    tokens = result.get("reduction") or f"keep rate {result['keep_rate']}"
+    if _model_file(args, "eval", ("keep_rate", "reduction", "tome_r", "compile")):
+        from ..tools.onnx_engine import OnnxModel, eval_file
+
+        if not args.data:
+            raise UserError("eval --model-file F.onnx needs --data SPEC (a file carries no data)")
+        result = eval_file(args.model_file, args.data, args.batch_size, args.threads)
+        classes = OnnxModel(args.model_file).classes
+        tokens = f"keep rate {result['keep_rate']}, onnxruntime" + (
+            f" {result['quantized']}" if result["quantized"] != "none" else "")
+    else:
+        from ..training.records import read_run_config
+        from ..training.run import eval_run
+
+        result = eval_run(args.run, args.data, args.keep_rate, args.device, args.batch_size, compile=args.compile,
+                          reduction=args.reduction, tome_r=args.tome_r)
+        classes = read_run_config(args.run).classes
+        tokens = result.get("reduction") or f"keep rate {result['keep_rate']}"
     print(f"{result['split']}: {get_task(result['task']).text(result)}  ({result['images']} images, {tokens})")
     if "iou" in result:  # segmentation: the per-class table
         from ..training.segmentation import iou_table
 
-        print(iou_table(result["iou"], read_run_config(args.run).classes))
+        print(iou_table(result["iou"], classes))
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from ..training.run import predict_run
+def _model_file(args: argparse.Namespace, command: str, run_only: tuple[str, ...]) -> bool:
+    """Whether the command reads an exported file (--model-file) rather than a run (--run): one of
+    the two, and none of the options that rebuild a run."""
+    if (args.run is None) == (args.model_file is None):
+        raise UserError(f"{command} takes a trained run (--run RUN_DIR) or an exported file (--model-file F.onnx), one of them")
+    if args.model_file is not None:
+        given = [name for name in run_only if getattr(args, name, None) not in (None, False)]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} rebuilds a run; an exported file is run as it was exported")
+    return args.model_file is not None
 
-    preds = predict_run(args.run, args.images, args.top_k, args.keep_rate, args.device, masks=args.masks)
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if _model_file(args, "predict", ("keep_rate",)):
+        from ..tools.onnx_engine import predict_file
+
+        preds = predict_file(args.model_file, args.images, args.top_k, args.masks, args.threads)
+    else:
+        from ..training.run import predict_run
+
+        preds = predict_run(args.run, args.images, args.top_k, args.keep_rate, args.device, masks=args.masks)
     text = json.dumps(preds, indent=1)
     if args.output:
         atomic_write_text(args.output, text + "\n")
@@ -87,7 +116,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_vtab)
 
     p = sub.add_parser("eval", help="top-1 / top-5 of a trained run (segmentation: mIoU, pixel accuracy, IoU per class)")
-    add_trained_run_options(p, batch_size=128)
+    add_trained_run_options(p, batch_size=128, run_required=False)
     p.add_argument("--data", default=None, help="data spec (default: the run's)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first (one compile per input size)")
     rules = [name for name in rule_names() if name != "none"]
@@ -95,22 +124,32 @@ def add_commands(sub) -> None:
                    help="train dense, reduce at inference: a run trained on every token, evaluated with this "
                         f"reduction (with --keep-rate, or --tome-r for tome): {rule_help(rules)}")
     p.add_argument("--tome-r", type=int, default=None, help="ToMe: tokens merged per block (with --reduction tome)")
+    add_model_file_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k labels of images with a trained run, or their masks (JSON)")
-    add_trained_run_options(p)
+    add_trained_run_options(p, run_required=False)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, help="labels per image (default: %(default)s)")
     p.add_argument("--masks", default=None, metavar="DIR",
                    help="a segmentation run: write each image's predicted mask here, DIR/NAME.png at the image's "
                         "size (palette PNG: pixel values are class indices, in VOC's colours)")
     p.add_argument("--output", default=None, help="also write the JSON here")
+    add_model_file_options(p)
     p.set_defaults(func=cmd_predict)
 
 
-def add_trained_run_options(p: argparse.ArgumentParser, batch_size: int = 0, keep_rate: bool = True) -> None:
+def add_model_file_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-file", default=None, metavar="F.onnx",
+                   help="instead of --run: a file written by export --format onnx (fp32 or --quantize int8), run in "
+                        "ONNX Runtime with the classes and preprocessing it records")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime's threads (default: its own choice)")
+
+
+def add_trained_run_options(p: argparse.ArgumentParser, batch_size: int = 0, keep_rate: bool = True,
+                            run_required: bool = True) -> None:
     """--run, --keep-rate, --device (and --batch-size) of the commands that use a trained run."""
-    p.add_argument("--run", required=True, help="a trained run folder")
+    p.add_argument("--run", required=run_required, default=None, help="a trained run folder")
     if keep_rate:
         p.add_argument("--keep-rate", type=float, default=None,
                        help="another keep rate at inference, no retraining (default: the run's)")

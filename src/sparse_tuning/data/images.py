@@ -237,8 +237,9 @@ def collate_skipping(batch: list[Any]):
 
 # --- transforms -----------------------------------------------------------------------------
 
-def make_transforms(model: torch.nn.Module, augment: str) -> tuple[Callable, Callable]:
-    """(train, eval) transforms from the backbone's pretrained config (mean/std, interpolation).
+def make_transforms(model: torch.nn.Module | dict, augment: str) -> tuple[Callable, Callable]:
+    """(train, eval) transforms from the backbone's pretrained config (mean/std, interpolation), or
+    from such a config itself (an exported file's recorded preprocessing).
 
     'vtab': direct resize to the input size, no augmentation, for both (the VTAB-1K protocol).
     'full': random-resized crop and flip for training, resize + centre crop for evaluation.
@@ -248,7 +249,7 @@ def make_transforms(model: torch.nn.Module, augment: str) -> tuple[Callable, Cal
 
     from ..hosts import host_for
 
-    cfg = host_for(model).data_config(model)
+    cfg = model if isinstance(model, dict) else host_for(model).data_config(model)
     common = dict(input_size=cfg["input_size"], interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"])
     if augment == "vtab":
         t = create_transform(**common, is_training=False, crop_pct=1.0, crop_mode="squash")
@@ -304,11 +305,12 @@ def _torchvision_kinds(spec: DataSpec, train_tf, eval_tf, download: bool) -> Ima
     return ImageData(train, ev, len(classes), classes, split)
 
 
-def load_image_data(spec: str | DataSpec, model: torch.nn.Module, download: bool = False,
+def load_image_data(spec: str | DataSpec, model: torch.nn.Module | dict, download: bool = False,
                     strict: bool = False, augment: str = "auto", train_samples: int = 0,
                     eval_samples: int = 0, seed: int = 0, eval_only: bool = False,
                     epochs: Optional[int] = None) -> ImageData:
-    """Train and evaluation datasets for a spec, with the model's transforms, unreadable-image safe.
+    """Train and evaluation datasets for a spec, with the model's transforms (or those of a data
+    config: ``make_transforms``), unreadable-image safe.
 
     train_samples / eval_samples > 0 take a class-balanced subset of that many images, drawn
     with `seed` (the same for every method at a given seed). augment 'auto' with ``epochs`` (a

@@ -335,19 +335,22 @@ def run_accuracies(run_dirs: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def bench_markdown(meta: dict, rows: list[dict]) -> str:
+def bench_markdown(meta: dict, rows: list[dict], table: Callable[[list[dict]], str] = bench_table) -> str:
     """bench.md: how it was measured (command, date, machine), then the table."""
     setup = meta["setup"]
-    lines = [f"# {setup['model']}, {setup['device']}, batch {setup['batch_size']}, amp {setup['amp']}", "",
+    lines = [f"# {setup['model']}, {setup['device']}, batch {meta.get('batch_sizes', setup['batch_size'])}, "
+             f"amp {setup['amp']}", "",
              f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
              f"- torch: {meta['torch']}",
              f"- timing: median of {meta['rounds']} interleaved rounds after {meta['warmup']} warm-up round(s)",
-             f"- memory: {meta['memory']}", "", bench_table(rows), ""]
+             f"- memory: {meta['memory']}", "", table(rows), ""]
     return "\n".join(lines)
 
 
-def write_bench(out: str | Path, meta: dict, rows: list[dict]) -> Path:
-    """bench.json, bench.csv, bench.md and bench.png in ``out``."""
+def write_bench(out: str | Path, meta: dict, rows: list[dict], table: Callable[[list[dict]], str] = bench_table,
+                draw: Optional[Callable[[list[dict], str, str], None]] = None) -> Path:
+    """bench.json, bench.csv, bench.md and bench.png in ``out`` (``table`` and ``draw``: another
+    table and picture, as ``bench --engine`` has)."""
     import csv
 
     out = Path(out)
@@ -360,9 +363,10 @@ def write_bench(out: str | Path, meta: dict, rows: list[dict]) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "bench.csv", buf.getvalue())
-    atomic_write_text(out / "bench.md", bench_markdown(meta, rows))
+    atomic_write_text(out / "bench.md", bench_markdown(meta, rows, table))
     setup = meta["setup"]
-    plot(rows, str(out / "bench.png"), f"{setup['model']} on {meta['machine']}, batch {setup['batch_size']}")
+    (draw or plot)(rows, str(out / "bench.png"), f"{setup['model']} on {meta['machine']}, batch "
+                   f"{meta.get('batch_sizes', setup['batch_size'])}")
     return out
 
 

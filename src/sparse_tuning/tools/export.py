@@ -28,7 +28,10 @@ MODEL_FORMAT = "sparse-tuning-model/1"
 
 
 def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, *host_for(model).input_size(model))
+    from ..training.tasks import backbone_of
+
+    backbone = backbone_of(model)  # a segmentation model reads what its backbone reads
+    return torch.randn(batch, *host_for(backbone).input_size(backbone))
 
 
 def for_inference(model: nn.Module, method: str) -> nn.Module:
@@ -55,17 +58,16 @@ def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | P
     x = example_input(model)
     # The graph formats return the logits tensor, whatever the host's output object; in the
     # model's own mode (a fresh module is in training mode, and the exporters warn of it).
-    graph = _Logits(model).train(model.training)
+    graph = Logits(model).train(model.training)
     if fmt == "safetensors":
         tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         meta = {"format": MODEL_FORMAT, "run_config": json.dumps(run_config.to_dict())}
         atomic_write_bytes(out, save(tensors, metadata=meta))
     elif fmt == "onnx":
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        program = torch.onnx.export(graph, (x,), dynamic_shapes=({0: batch},), input_names=["images"],
-                                    output_names=["logits"], dynamo=True)
-        with atomic_files(out) as tmp:
-            program.save(str(tmp))
+        write_onnx(graph, x, out)
+        from .onnx_engine import write_metadata
+
+        write_metadata(out, onnx_metadata(model, run_config))
     elif fmt == "export":
         batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.export.export(graph, (x,), dynamic_shapes=({0: batch},))
@@ -84,7 +86,37 @@ def export_model(model: nn.Module, run_config: RunConfig, fmt: str, out: str | P
     return out
 
 
-class _Logits(nn.Module):
+def write_onnx(graph: nn.Module, x: torch.Tensor, out: str | Path) -> Path:
+    """``graph`` (images in, one tensor out) as an ONNX file for any batch size (the dynamo exporter)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(graph, (x,), dynamic_shapes=({0: batch},), input_names=["images"],
+                                output_names=["logits"], dynamo=True)
+    with atomic_files(out) as tmp:
+        program.save(str(tmp))
+    return Path(out)
+
+
+def onnx_metadata(model: nn.Module, cfg: RunConfig) -> dict:
+    """What an exported file needs to stand alone: its classes, task, keep rate and the
+    preprocessing its inputs had in evaluation."""
+    from ..data.images import augment_mode, parse_data_spec
+    from ..training.tasks import backbone_of
+    from .onnx_engine import eval_preprocessing
+
+    backbone = backbone_of(model)
+    if cfg.task == "segment":
+        mode = "vtab"  # image and mask resized together, no crop
+    else:
+        mode = augment_mode(parse_data_spec(cfg.data), cfg.augment) if cfg.data else "full"
+    st = getattr(host_for(backbone).image_model(backbone), "sparse_tuning", None)
+    return {"model": cfg.model, "method": cfg.method, "task": cfg.task, "classes": list(cfg.classes),
+            "keep_rate": st.keep_rate if st is not None and st.sparsify_at else 1.0,
+            "reduction": st.config.describe_reduction() if st is not None and not st.config.keeps_every_token
+            else "none", "preprocessing": eval_preprocessing(host_for(backbone).data_config(backbone), mode),
+            "quantized": "none"}
+
+
+class Logits(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -93,31 +125,41 @@ class _Logits(nn.Module):
         return logits_of(self.model(x))
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path, keep_rate: Optional[float] = None) -> Path:
+def export_run(run_dir: str | Path, fmt: str, out: str | Path, keep_rate: Optional[float] = None,
+               quantize: Optional[str] = None) -> Path:
+    """A trained run in ``fmt``; with ``quantize`` (ONNX only), the int8 file (its fp32 export
+    is quantized by onnxruntime.quantization; int8-static calibrates on 64 of the run's images)."""
     from ..training.run import load_run  # the training code only to rebuild a run, not for load_model
 
     check_format(fmt)  # before the run is loaded
+    if quantize is not None:
+        from .onnx_engine import QUANTIZE, quantize as quantize_file
+
+        if fmt != "onnx":
+            raise UserError(f"--quantize applies to --format onnx (onnxruntime's int8), not {fmt}")
+        if quantize not in QUANTIZE:
+            raise UserError(f"--quantize {quantize}: expected one of {', '.join(QUANTIZE)}")
     model, cfg = load_run(run_dir, keep_rate)
     if keep_rate is not None:
         cfg = dataclasses.replace(cfg, sparse_tuning=dataclasses.replace(cfg.sparse_tuning, keep_rate=keep_rate))
-    return export_model(model, cfg, fmt, out)
+    if quantize is None:
+        return export_model(model, cfg, fmt, out)
+    import tempfile
+
+    calibration = calibration_images(model, cfg) if quantize == "int8-static" else None
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_model(model, cfg, "onnx", Path(tmp) / "fp32.onnx")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        return quantize_file(fp32, out, quantize, calibration)
 
 
-def load_model(path: str | Path, keep_rate: Optional[float] = None) -> nn.Module:
-    """A model saved with ``export --format safetensors``: backbone, adapters and head, rebuilt
-    from the file alone (no hub, no run folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != MODEL_FORMAT:
-        raise UserError(f"{path} is not a Sparse-Tuning model file (format {meta.get('format')!r})")
-    cfg = RunConfig.from_dict(json.loads(meta["run_config"]))
-    model = build_architecture(cfg.model, cfg.img_size, cfg.num_classes, device="cpu")
-    prepare(model, cfg.method, cfg.sparse_tuning, cfg.baseline)
-    model = for_inference(model, cfg.method)  # the file holds the inference form's weights
-    model.load_state_dict(load_file(str(path)), strict=True)
-    if keep_rate is not None:
-        set_keep_rate(model, keep_rate, cfg.method)
-    return model.eval()
+def calibration_images(model: nn.Module, cfg: RunConfig, n: int = 64) -> torch.Tensor:
+    """n images of the run's training split, as training read them (static quantization's
+    activation ranges come from them; never from the data the accuracy is measured on)."""
+    from ..training.run import load_data
+    from ..training.tasks import backbone_of
+
+    backbone = backbone_of(model)
+    data = load_data(cfg, host_for(backbone).image_model(backbone))
+    picked = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n].tolist()
+    return torch.stack([data.train[i][0] for i in picked])

@@ -45,6 +45,9 @@ class TrainConfig:
     # (the paper's 10 of 100)
     warmup_epochs: Optional[float] = None
     weight_decay: float = 1e-4         # AdamW decay; never on biases, norms or other 1-d parameters
+    # a task's new head (the segmentation decoder) learns at this multiple of --lr (default: 10 for --task
+    # segment, as mmsegmentation's decode heads; 1 otherwise)
+    head_lr_scale: Optional[float] = None
     grad_accum: int = 1                # micro-batches per optimizer step
     clip_grad: Optional[float] = None  # max global gradient norm; unset: no clipping
     amp: Literal["bf16", "fp16", "off"] = "off"  # mixed precision: bf16, fp16 (with a grad scaler) or off
@@ -90,6 +93,8 @@ class TrainConfig:
                             "(0, 1] (0: off)")
         if self.save_every < 0 or self.num_workers < 0 or self.keep_rate_warmup < 0:
             raise UserError("save_every, num_workers and keep_rate_warmup must be >= 0")
+        if self.head_lr_scale is not None and self.head_lr_scale <= 0:
+            raise UserError(f"head_lr_scale={self.head_lr_scale!r}: expected a multiple of the learning rate > 0")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise UserError(f"clip_grad={self.clip_grad!r}: expected a norm > 0 (leave it unset for no clipping)")
         if not 0 <= self.label_smoothing < 1:

@@ -49,14 +49,23 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> floa
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * t))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, head: tuple[nn.Parameter, ...] = (),
+                 head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW's groups: weights decay, biases and norms do not; ``head``'s parameters (a task's
+    new head) in groups of their own whose learning rate is ``head_lr_scale`` times the schedule's."""
+    groups = {(False, True): [], (False, False): [], (True, True): [], (True, False): []}
+    in_head = {id(p) for p in head}
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    if not decay and not no_decay:
+            groups[(id(p) in in_head, p.ndim > 1)].append(p)
+    if not any(groups.values()):
         raise TrainingError("the model has no trainable parameters")
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    out = [{"params": groups[(False, True)], "weight_decay": weight_decay},
+           {"params": groups[(False, False)], "weight_decay": 0.0}]
+    if in_head:
+        out += [{"params": groups[(True, True)], "weight_decay": weight_decay, "lr_scale": head_lr_scale},
+                {"params": groups[(True, False)], "weight_decay": 0.0, "lr_scale": head_lr_scale}]
+    return out
 
 
 class Trainer:
@@ -109,7 +118,8 @@ class Trainer:
         model.to(self.device)
         if self.distill.teacher is not None:
             self.distill.teacher.to(self.device)
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, self.task.head(model),
+                                                        self.task.head_lr_scale(cfg)), lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
         self.net = model
         if d.enabled:
@@ -195,7 +205,7 @@ class Trainer:
         t0 = time.perf_counter()
         lr = lr_at(self.step_index, self.total_steps, self.warmup, cfg.lr, cfg.min_lr)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.hook.before_step(self.step_index)
         loss_sum, images_seen = 0.0, 0
         for m in range(cfg.grad_accum):

@@ -313,7 +313,7 @@ def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rat
                 device: str = "auto", masks: Optional[str | Path] = None) -> list[dict[str, Any]]:
     """A classification run: each image's top-k labels. A segmentation run: each image's mask,
     written as a palette PNG into ``masks`` (needed), and the share of pixels per class."""
-    from ..data.images import augment_mode, make_transforms, parse_data_spec, read_user_image, user_image_paths
+    from ..data.images import augment_mode, make_transforms, parse_data_spec, user_image_paths
 
     images = user_image_paths(images)
     cfg = read_run_config(run_dir)
@@ -333,13 +333,21 @@ def predict_run(run_dir: str | Path, images: list[str], top_k: int = 5, keep_rat
         reader = SegmentationDataset([], tuple(dc["input_size"][1:]), dc["mean"], dc["std"])  # as in training
         return predict_masks(model, images, reader.image, cfg.classes, masks, device)
     _, transform = make_transforms(model, augment_mode(parse_data_spec(cfg.data), cfg.augment))
+    return top_k_predictions(model, transform, images, cfg.classes, top_k, device)
+
+
+def top_k_predictions(model: nn.Module, transform, images: list[Path], classes: list[str], top_k: int = 5,
+                      device: str = "cpu") -> list[dict[str, Any]]:
+    """Each image's top-k labels and probabilities (a run's model, or an exported file's)."""
+    from ..data.images import read_user_image
+
     loaded = [read_user_image(path) for path in images]  # every file checked before any work
     out = []
     for path, image in zip(images, loaded):
         with torch.no_grad():
             probs = logits_of(model(transform(image).unsqueeze(0).to(device))).softmax(-1)[0]
         top = probs.topk(min(top_k, probs.numel()))
-        out.append({"image": str(path), "top": [{"label": cfg.classes[i], "index": int(i), "prob": float(p)}
+        out.append({"image": str(path), "top": [{"label": classes[i], "index": int(i), "prob": float(p)}
                                                 for p, i in zip(top.values.tolist(), top.indices.tolist())]})
     return out
 
