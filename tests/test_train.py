@@ -315,17 +315,20 @@ def test_compiled_training_trains_as_the_eager_loop_does(folder, tmp_path):
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
-def test_tensorboard_logs_the_metrics_and_a_resume_writes_no_step_twice(folder, tmp_path, monkeypatch):
+def test_tensorboard_and_csv_log_the_metrics_and_a_resume_writes_no_step_twice(folder, tmp_path, monkeypatch):
     """Read back with tensorboard's own event reader: every scalar of metrics.jsonl at its step
-    (training steps as train/NAME, evaluations as val/NAME). The first attempt logs step 4 after
-    its epoch-end checkpoint (step 3) and stops at a planted NaN in step 5; the resume writes
-    steps 4-6 again, and each step appears once, with the resumed run's values."""
+    (training steps as train/NAME, evaluations as val/NAME); and with the csv module, the same rows
+    in csv/train.csv and csv/val.csv. The first attempt logs step 4 after its epoch-end checkpoint
+    (step 3) and stops at a planted NaN in step 5; the resume writes steps 4-6 again, and each step
+    appears once, with the resumed run's values."""
+    import csv
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
     real_ce = nan_loss_at(monkeypatch, 5)
     with pytest.raises(TrainingError, match="loss became nan at step 5"):
-        train_run(config(folder, epochs=2, log="tensorboard"), run)
+        train_run(config(folder, epochs=2, log="tensorboard,csv"), run)
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", real_ce)
     train_run(resume_config(run), run, resume=True)
     acc = EventAccumulator(str(run / "tensorboard"))
@@ -339,6 +342,11 @@ def test_tensorboard_logs_the_metrics_and_a_resume_writes_no_step_twice(folder, 
     assert [e.value for e in acc.Scalars("train/keep_rate")] == pytest.approx([l["keep_rate"] for l in steps])
     assert [(e.step, e.value) for e in acc.Scalars("val/top1")] == [(l["step"], pytest.approx(l["top1"])) for l in evals]
     assert "config" in acc.Tags()["tensors"] or "config/text_summary" in acc.Tags()["tensors"]
+    table = list(csv.DictReader(open(run / "csv" / "train.csv")))
+    assert [int(r["step"]) for r in table] == list(range(1, 7))
+    assert [float(r["loss"]) for r in table] == pytest.approx([l["loss"] for l in steps], rel=1e-9)
+    evaluated = list(csv.DictReader(open(run / "csv" / "val.csv")))
+    assert [(int(r["step"]), float(r["top1"])) for r in evaluated] == [(l["step"], pytest.approx(l["top1"])) for l in evals]
 
 
 def test_an_unknown_logger_is_refused_by_name(folder):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UserError
 from ..tools.options import EXPORT_FORMATS as FORMATS
 from .options import add_model_options
 
@@ -10,8 +11,14 @@ from .options import add_model_options
 def cmd_export(args: argparse.Namespace) -> int:
     from ..tools.export import export_run
 
+    if args.push_to_hub and args.format != "pretrained":
+        raise UserError("--push-to-hub uploads a --format pretrained folder")
     path = export_run(args.run, args.format, args.out, args.keep_rate, args.quantize)
     print(f"wrote {path}")
+    if args.push_to_hub:
+        from ..tools.pretrained import push_to_hub
+
+        print(f"uploaded to {push_to_hub(path, args.push_to_hub)}")
     if args.quantize and args.check_samples:
         from ..tools.onnx_engine import quantization_check
 
@@ -33,8 +40,11 @@ def add_commands(sub) -> None:
     p.add_argument("--run", required=True, help="a trained run folder")
     p.add_argument("--format", choices=FORMATS, required=True,
                    help="onnx (needs the export extra), torchscript (traced; PyTorch deprecates TorchScript), "
-                        "export (torch.export .pt2), safetensors (for load_model)")
-    p.add_argument("--out", required=True, help="the file to write")
+                        "export (torch.export .pt2), safetensors (for load_model), pretrained (a Hub-style folder: "
+                        "config.json, model.safetensors with only what trained, README.md model card)")
+    p.add_argument("--out", required=True, help="the file to write (a new folder for --format pretrained)")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="with --format pretrained: upload the folder to this Hugging Face Hub repository")
     p.add_argument("--keep-rate", type=float, default=None, help="bake in another keep rate (default: the run's)")
     p.add_argument("--quantize", choices=("int8", "int8-static"), default=None,
                    help="with --format onnx: int8 matrix products (onnxruntime.quantization): int8 = dynamic (weights "

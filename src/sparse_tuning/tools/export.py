@@ -139,6 +139,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, keep_rate: Option
             raise UserError(f"--quantize applies to --format onnx (onnxruntime's int8), not {fmt}")
         if quantize not in QUANTIZE:
             raise UserError(f"--quantize {quantize}: expected one of {', '.join(QUANTIZE)}")
+    if fmt == "pretrained":  # a folder, not one file
+        from .pretrained import save_pretrained
+
+        return save_pretrained(run_dir, out, keep_rate)
     model, cfg = load_run(run_dir, keep_rate)
     if keep_rate is not None:
         cfg = dataclasses.replace(cfg, sparse_tuning=dataclasses.replace(cfg.sparse_tuning, keep_rate=keep_rate))

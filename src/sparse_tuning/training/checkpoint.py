@@ -54,7 +54,7 @@ def _to_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def _trainable(model: nn.Module, by_file_name: bool = True) -> dict[str, nn.Parameter]:
+def trainable_by_name(model: nn.Module, by_file_name: bool = True) -> dict[str, nn.Parameter]:
     # The host's file names (adapter_io's: blocks.N.adapter..., head...), so a run's file does not
     # depend on the host library's version (transformers 5 renamed its layers).
     # A task's head around the backbone (segmentation) keeps its own names, the backbone's under "backbone.".
@@ -72,7 +72,7 @@ def _trainable(model: nn.Module, by_file_name: bool = True) -> dict[str, nn.Para
 
 def save_trainable(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
     """The parameters that train (by file name), atomically, in safetensors."""
-    tensors = {n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()}
+    tensors = {n: p.detach().cpu().contiguous() for n, p in trainable_by_name(model).items()}
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
@@ -92,9 +92,9 @@ def load_trainable(model: nn.Module, path: Path) -> None:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} cannot be read ({e}); the run's trained weights are damaged") from None
-    params = _trainable(model)
-    if set(tensors) != set(params) and set(tensors) == set(_trainable(model, by_file_name=False)):
-        params = _trainable(model, by_file_name=False)  # written with the model's own names
+    params = trainable_by_name(model)
+    if set(tensors) != set(params) and set(tensors) == set(trainable_by_name(model, by_file_name=False)):
+        params = trainable_by_name(model, by_file_name=False)  # written with the model's own names
     tensors = {_renamed(k, params): t for k, t in tensors.items()}
     if set(tensors) != set(params) or any(tensors[k].shape != params[k].shape for k in params):
         missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))

@@ -73,6 +73,49 @@ class TensorBoardLog:
         self.writer.close()
 
 
+class CsvLog:
+    """RUN_DIR/csv/train.csv and RUN_DIR/csv/SPLIT.csv: metrics.jsonl as tables, one column per
+    metric (a per-class list as NAME_0, NAME_1, ...). Written again from metrics.jsonl at every
+    evaluation and at the end: a resumed run's tables hold each step once, as metrics.jsonl does."""
+
+    def __init__(self, folder: Path, source: Path) -> None:
+        self.folder, self.source = folder, source
+
+    def write(self, record: dict[str, Any]) -> None:
+        if "split" in record:
+            self.flush()
+
+    def close(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        import csv
+        import io
+
+        if not self.source.is_file():
+            return
+        tables: dict[str, list[dict[str, Any]]] = {}
+        for line in self.source.read_text().splitlines():
+            record = _record(line)
+            if record is None:
+                continue
+            flat = {}
+            for key, value in record.items():
+                if isinstance(value, list):
+                    flat.update({f"{key}_{i}": v for i, v in enumerate(value)})
+                elif key != "split":
+                    flat[key] = value
+            tables.setdefault(record.get("split", "train"), []).append(flat)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, rows in tables.items():
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(self.folder / f"{name}.csv", buffer.getvalue())
+
+
 class Progress:
     """A tqdm bar on a terminal; otherwise (a log file, a cluster job) one line every ``every``
     optimizer steps and at the last one.
