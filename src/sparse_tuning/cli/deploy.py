@@ -41,7 +41,8 @@ def add_commands(sub) -> None:
     p.add_argument("--format", choices=FORMATS, required=True,
                    help="onnx (needs the export extra), torchscript (traced; PyTorch deprecates TorchScript), "
                         "export (torch.export .pt2), safetensors (for load_model), pretrained (a Hub-style folder: "
-                        "config.json, model.safetensors with only what trained, README.md model card)")
+                        "config.json, model.safetensors with only what trained, README.md model card), peft (a lora run on "
+                        "a transformers model as peft's LoRA folder, for peft.PeftModel.from_pretrained)")
     p.add_argument("--out", required=True, help="the file to write (a new folder for --format pretrained)")
     p.add_argument("--push-to-hub", default=None, metavar="REPO",
                    help="with --format pretrained: upload the folder to this Hugging Face Hub repository")

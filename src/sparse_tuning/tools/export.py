@@ -143,6 +143,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, keep_rate: Option
         from .pretrained import save_pretrained
 
         return save_pretrained(run_dir, out, keep_rate)
+    if fmt == "peft":  # peft's LoRA folder
+        from .peft_io import export_peft
+
+        return export_peft(run_dir, out)
     model, cfg = load_run(run_dir, keep_rate)
     if keep_rate is not None:
         cfg = dataclasses.replace(cfg, sparse_tuning=dataclasses.replace(cfg.sparse_tuning, keep_rate=keep_rate))

@@ -1,3 +1,3 @@
 """Names the tools take, torch-free, for the command line to offer without loading them."""
 
-EXPORT_FORMATS = ("onnx", "torchscript", "export", "safetensors", "pretrained")
+EXPORT_FORMATS = ("onnx", "torchscript", "export", "safetensors", "pretrained", "peft")
