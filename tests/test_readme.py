@@ -130,3 +130,13 @@ def test_readme_significance_claims_are_the_benchmark_files_paired_tests():
     rules = flat((ROOT / "benchmarks" / "real" / "README.md").read_text())  # the table and its discussion
     assert f"is {diff:.1f} points lower, in every seed, at paired p = {p:.4f}" in rules
     assert f"is {diff:.1f} points under the most-attended 70% in every seed (p = {p:.4f}" in readme
+
+
+def test_readme_multitask_figures_are_in_the_benchmark_file():
+    r = json.loads((ROOT / "benchmarks" / "multitask" / "results.json").read_text())
+    readme = flat((ROOT / "README.md").read_text())
+    s, rss, w = r["storage_mb"], r["rss_mb"], r["switch"]
+    for figure in (f"{s['shared']:.1f} MB held together against {s['separate']:.1f} MB as separate models "
+                   f"({s['one_model']:.1f} MB for one)", f"grows by {rss['shared']:.0f} MB against {rss['separate']:.0f} MB",
+                   f"{w['one_task_ms']:.1f} ms when requests go to one task and {w['alternating_ms']:.1f} ms"):
+        assert figure in readme, figure

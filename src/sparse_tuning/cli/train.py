@@ -82,7 +82,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from ..tools.onnx_engine import predict_file
 
         preds = predict_file(args.model_file, args.images, args.top_k, args.masks, args.threads)
+    elif len(args.run) > 1:  # several tasks on one backbone
+        from ..tools.multitask import predict_tasks
+
+        if args.keep_rate is not None or args.masks is not None:
+            raise UserError("with several --run, each task keeps its own keep rate; --keep-rate and --masks take one run")
+        names = [Path(r).name for r in args.run]
+        names = names if len(set(names)) == len(names) else [str(r) for r in args.run]
+        preds = predict_tasks(dict(zip(names, args.run)), args.images, args.top_k, args.device)
     else:
+        args.run = args.run[0]
         from ..training.run import predict_run
 
         preds = predict_run(args.run, args.images, args.top_k, args.keep_rate, args.device, masks=args.masks)
@@ -128,7 +137,7 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k labels of images with a trained run, or their masks (JSON)")
-    add_trained_run_options(p, run_required=False)
+    add_trained_run_options(p, run_required=False, several=True)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=5, help="labels per image (default: %(default)s)")
     p.add_argument("--masks", default=None, metavar="DIR",
@@ -147,9 +156,13 @@ def add_model_file_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_trained_run_options(p: argparse.ArgumentParser, batch_size: int = 0, keep_rate: bool = True,
-                            run_required: bool = True) -> None:
+                            run_required: bool = True, several: bool = False) -> None:
     """--run, --keep-rate, --device (and --batch-size) of the commands that use a trained run."""
-    p.add_argument("--run", required=run_required, default=None, help="a trained run folder")
+    if several:
+        p.add_argument("--run", action="append", default=None,
+                       help="a trained run folder; several (--run A --run B) run every task on one shared backbone")
+    else:
+        p.add_argument("--run", required=run_required, default=None, help="a trained run folder")
     if keep_rate:
         p.add_argument("--keep-rate", type=float, default=None,
                        help="another keep rate at inference, no retraining (default: the run's)")
