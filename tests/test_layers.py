@@ -12,7 +12,7 @@ from data_files import make_folder
 PKG = Path(__file__).resolve().parents[1] / "src" / "sparse_tuning"
 
 # Layer of each part, and the layers it may import (one direction: down).
-LAYERS = {"core": 0, "files": 0, "hosts": 1, "api": 2, "adapter_io": 3, "methods": 3,
+LAYERS = {"core": 0, "files": 0, "hosts": 1, "api": 2, "adapter_io": 3, "methods": 3, "pictures": 3,
           "data": 4, "training": 4, "tools": 4, "cli": 5, "__init__": 6, "__main__": 6}
 ALSO = {("training", "tools"): False, ("data", "training"): False, ("data", "tools"): False,
         ("tools", "training"): True, ("training", "data"): True, ("tools", "data"): True}

@@ -342,6 +342,10 @@ def test_tensorboard_and_csv_log_the_metrics_and_a_resume_writes_no_step_twice(f
     assert [e.value for e in acc.Scalars("train/keep_rate")] == pytest.approx([l["keep_rate"] for l in steps])
     assert [(e.step, e.value) for e in acc.Scalars("val/top1")] == [(l["step"], pytest.approx(l["top1"])) for l in evals]
     assert "config" in acc.Tags()["tensors"] or "config/text_summary" in acc.Tags()["tensors"]
+    pictures = acc.Images("val/kept_tokens")  # the kept-token grid of 4 validation images at each evaluation
+    reductions = len(load_run(run)[0].sparse_tuning.sparsify_at)
+    assert [e.step for e in pictures] == [l["step"] for l in evals]
+    assert (pictures[-1].height, pictures[-1].width) == (4 * 32, 32 * (reductions + 1))
     table = list(csv.DictReader(open(run / "csv" / "train.csv")))
     assert [int(r["step"]) for r in table] == list(range(1, 7))
     assert [float(r["loss"]) for r in table] == pytest.approx([l["loss"] for l in steps], rel=1e-9)

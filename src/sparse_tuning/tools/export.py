@@ -171,3 +171,23 @@ def calibration_images(model: nn.Module, cfg: RunConfig, n: int = 64) -> torch.T
     data = load_data(cfg, host_for(backbone).image_model(backbone))
     picked = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n].tolist()
     return torch.stack([data.train[i][0] for i in picked])
+
+
+def load_model(path: str | Path, keep_rate: Optional[float] = None) -> nn.Module:
+    """A model saved with ``export --format safetensors``: backbone, adapters and head, rebuilt
+    from the file alone (no hub, no run folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path} is not a Sparse-Tuning model file (format {meta.get('format')!r})")
+    cfg = RunConfig.from_dict(json.loads(meta["run_config"]))
+    model = build_architecture(cfg.model, cfg.img_size, cfg.num_classes, device="cpu")
+    prepare(model, cfg.method, cfg.sparse_tuning, cfg.baseline)
+    model = for_inference(model, cfg.method)  # the file holds the inference form's weights
+    model.load_state_dict(load_file(str(path)), strict=True)
+    if keep_rate is not None:
+        set_keep_rate(model, keep_rate, cfg.method)
+    return model.eval()

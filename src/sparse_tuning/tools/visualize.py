@@ -8,31 +8,16 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from ..api import kept_tokens
+from ..pictures import GREY, grey_out, run_and_mask  # noqa: F401  (run_and_mask: the demo and tests use it from here)
 from ..errors import UserError
 from ..files import atomic_path
 from ..hosts import host_for
 
 
-def kept_masks(kept: Sequence[torch.Tensor], num_patches: int) -> np.ndarray:
-    """(steps, B, num_patches) booleans: which original patches are still kept after each step.
-
-    A patch merged into a fused token is not kept (it lives on only as part of an average).
-    """
-    steps = []
-    for k in kept:
-        B = k.shape[0]
-        m = np.zeros((B, num_patches), dtype=bool)
-        for b, row in enumerate(k.cpu().numpy()):
-            m[b, row[row >= 0]] = True
-        steps.append(m)
-    return np.stack(steps) if steps else np.zeros((0, 0, num_patches), dtype=bool)
-
-
 def foreground_recall(masks: np.ndarray, foreground: np.ndarray) -> list[float]:
     """Per step: kept foreground patches / foreground patches, over all images.
 
-    masks (steps, B, P) from kept_masks; foreground (B, P) booleans.
+    masks (steps, B, P) from pictures.kept_masks; foreground (B, P) booleans.
     """
     total = foreground.sum()
     return [float((m & foreground).sum() / max(total, 1)) for m in masks]
@@ -83,18 +68,6 @@ def keep_rate_plot(rows: Sequence[dict], path: str | Path, title: str, flops_sca
     plt.close(fig)
 
 
-GREY = 128  # the mid grey that covers a patch that was not kept (visible on light and dark images)
-
-
-def grey_out(image: np.ndarray, keep: np.ndarray, patch: int) -> np.ndarray:
-    """image (H, W, 3) uint8 with the patches not in `keep` (flattened, row-major) greyed out."""
-    H, W, _ = image.shape
-    out = image.astype(np.float32).copy()
-    grid = keep.reshape(H // patch, W // patch)
-    for r, c in zip(*np.nonzero(~grid)):
-        block = out[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch]
-        block[:] = 0.2 * block + 0.8 * GREY  # grey, a trace of the image left
-    return out.clip(0, 255).astype(np.uint8)
 
 
 def distinct_labels(paths: Sequence[str | Path]) -> list[str]:
@@ -125,7 +98,7 @@ def kept_tokens_figure(images: np.ndarray, masks: np.ndarray, patch: int, path: 
     """A grid: one row per image, columns = the image, then the patches still kept after each
     sparsification step (the others greyed out), with a legend saying what grey means.
 
-    images (B, H, W, 3) uint8; masks (steps, B, P) from kept_masks; titles: one per column.
+    images (B, H, W, 3) uint8; masks (steps, B, P) from pictures.kept_masks; titles: one per column.
     """
     import matplotlib
 
@@ -162,16 +135,6 @@ def kept_tokens_figure(images: np.ndarray, masks: np.ndarray, patch: int, path: 
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
-
-
-@torch.no_grad()
-def run_and_mask(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Forward a batch and return kept_masks for it."""
-    model.eval()
-    model(x)
-    ph, pw = host_for(model).patch_size(model)
-    num_patches = (x.shape[-2] // ph) * (x.shape[-1] // pw)
-    return kept_masks(kept_tokens(model), num_patches)
 
 
 def visualize_images(image_paths: Sequence[str | Path], out_dir: str | Path, run: Optional[str | Path] = None,

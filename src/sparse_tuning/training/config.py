@@ -75,7 +75,8 @@ class TrainConfig:
     compile: bool = False              # torch.compile the model (token counts are static: one compile per input size)
     compile_backend: str = "inductor"  # torch.compile backend; aot_eager checks the graph without generating code
     grad_checkpointing: bool = False   # recompute each block's activations in the backward pass: less memory, more time
-    # loggers beside RUN_DIR/metrics.jsonl, comma-separated: tensorboard (RUN_DIR/tensorboard; the .[log] extra),
+    # loggers beside RUN_DIR/metrics.jsonl, comma-separated: tensorboard (RUN_DIR/tensorboard, with the kept tokens
+    # of 4 validation images at each evaluation; the .[log] extra),
     # csv (RUN_DIR/csv/train.csv and one per evaluated split)
     log: str = ""
 

@@ -269,7 +269,34 @@ class Trainer:
         if result[primary] > self.best[primary]:
             self.best = {primary: result[primary], "epoch": epoch}
         self.metrics.write({"step": self.step_index, "epoch": epoch, "split": self.data.eval_split, **result})
+        if self.metrics.takes_images:
+            self._kept_tokens_picture()
         return {"epoch": epoch, **result}
+
+    KEPT_TOKEN_IMAGES = 4  # evaluation images whose kept tokens are pictured at each evaluation
+
+    def _kept_tokens_picture(self) -> None:
+        """The first evaluation images with the patches each reduction step dropped greyed out, as
+        the model evaluates them (a model that keeps every token, or a video, has none to show)."""
+        from ..pictures import kept_tokens_grid
+
+        host = host_for(self.backbone)
+        image_model = host.image_model(self.backbone)
+        st = getattr(image_model, "sparse_tuning", None)
+        if st is None or not st.sparsify_at or image_model is not self.backbone:
+            return
+        samples = [self.data.eval[i] for i in range(min(self.KEPT_TOKEN_IMAGES, len(self.data.eval)))]
+        x = torch.stack([s[0] for s in samples if s is not None]).to(self.device)
+        dc = host.data_config(image_model)
+        self.hook.before_eval()
+        was_training = image_model.training
+        try:
+            with torch.random.fork_rng(devices=[]):  # the random rule's draws leave training's stream alone
+                picture = kept_tokens_grid(image_model, x, dc["mean"], dc["std"])
+        finally:
+            image_model.train(was_training)
+            self.hook.after_eval()
+        self.metrics.image(f"{self.data.eval_split}/kept_tokens", picture, self.step_index)
 
     def run(self, about: str = "") -> dict[str, Any]:
         """Train to the last epoch; returns {"final": the last evaluation, "best": the best value of the

@@ -40,6 +40,16 @@ class MetricsLog:
             for sink in self.sinks:
                 sink.write(record)
 
+    def image(self, tag: str, picture, step: int) -> None:
+        """To the sinks that take pictures (TensorBoard)."""
+        for sink in self.sinks:
+            if hasattr(sink, "image"):
+                sink.image(tag, picture, step)
+
+    @property
+    def takes_images(self) -> bool:
+        return any(hasattr(sink, "image") for sink in self.sinks)
+
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
@@ -68,6 +78,11 @@ class TensorBoardLog:
                 self.writer.add_scalar(f"{prefix}/{name}", value, record["step"])
         if "split" in record:
             self.writer.flush()  # an evaluation is worth keeping at once
+
+    def image(self, tag: str, picture, step: int) -> None:
+        """An (H, W, 3) uint8 picture at an optimizer step."""
+        self.writer.add_image(tag, picture, step, dataformats="HWC")
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
