@@ -238,3 +238,29 @@ def test_a_transformers_vit_segments_too(squares, tmp_path, capsys):
     image = str(squares / "val" / "images" / "1.png")
     assert main(["predict", "--run", str(run), "--masks", str(tmp_path / "m"), image]) == 0
     assert Image.open(tmp_path / "m" / "1.png").size == (24, 24)
+
+
+def test_the_voc_layout_trains_evaluates_and_predicts(tmp_path, capsys):
+    """seg:ROOT in PASCAL VOC's layout (palette masks, 255 borders, ImageSets lists): VOC's 21
+    classes, the border left out of the metrics, masks written at the photo's size."""
+    from test_segmentation_data import make_voc
+
+    root = make_voc(tmp_path / "voc", names=("a", "b", "c", "d", "e"))
+    run = tmp_path / "run"
+    assert main(["train", "--model", MODEL, "--no-pretrained", "--data", f"seg:{root}", "--epochs", "1",
+                 "--batch-size", "2", "--num-workers", "0", "--device", "cpu", "--out", str(run)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert len(results["final"]["iou"]) == 21 and results["final"]["images"] == 1
+    assert main(["eval", "--run", str(run), "--device", "cpu"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 21 and table[1].startswith("| background |") and table[-1].startswith("| tvmonitor |")
+    assert main(["predict", "--run", str(run), "--masks", str(tmp_path / "m"), str(root / "JPEGImages" / "e.jpg")]) == 0
+    assert Image.open(tmp_path / "m" / "e.png").size == (20, 16)
+
+
+def test_sweep_refuses_a_segmentation_run_and_eval_takes_its_keep_rate(squares, tmp_path, capsys):
+    train_run(config(squares, keep_rate=0.5), tmp_path / "run", log=lambda line: None)
+    assert main(["sweep", "--run", str(tmp_path / "run"), "--keep-rates", "0.5,1.0"]) == 2
+    assert "eval --run RUN --keep-rate R" in capsys.readouterr().err
+    reduced, full = (eval_run(tmp_path / "run", keep_rate=k, write=False) for k in (0.5, 1.0))
+    assert reduced["keep_rate"] == 0.5 and full["keep_rate"] == 1.0

@@ -146,6 +146,19 @@ def colour(labels):
     return palette[labels]
 
 
+def legend(fig, names, indices=None) -> None:
+    """Below the panels: each class's colour (the VOC palette by class index) and name."""
+    from matplotlib.patches import Patch
+
+    from sparse_tuning.training.segmentation import voc_palette
+
+    palette = voc_palette()
+    indices = list(range(len(names))) if indices is None else indices
+    handles = [Patch(facecolor=[v / 255 for v in palette[3 * i:3 * i + 3]], edgecolor="0.5", label=names[i])
+               for i in indices]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+
+
 def phase_figures(args: argparse.Namespace) -> None:
     """masks.png (held-out scenes), boundary.json (seed 0) and, with --voc, voc_photos.png."""
     from sparse_tuning.training.run import load_run
@@ -202,6 +215,8 @@ def scenes_figure(args: argparse.Namespace, models: dict) -> None:
     import numpy as np
     from PIL import Image
 
+    from scenes import CLASSES
+
     from sparse_tuning.data.segmentation import load_segmentation_data
 
     data = load_segmentation_data(args.data, (args.img_size, args.img_size), (0.485, 0.456, 0.406),
@@ -220,8 +235,9 @@ def scenes_figure(args: argparse.Namespace, models: dict) -> None:
             axes[r, c].set_yticks([])
             if r == 0:
                 axes[r, c].set_title(["scene", "truth", *[f"{n} (seed 0)" for n in models]][c], fontsize=8)
-    fig.suptitle("Held-out scenes: predicted masks next to the truth (colours: VOC palette by class index)", fontsize=9)
-    fig.tight_layout()
+    legend(fig, CLASSES)
+    fig.suptitle("Held-out scenes: predicted masks next to the truth", fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(args.out / "masks.png", dpi=110)
     plt.close(fig)
 
@@ -280,8 +296,13 @@ def voc_figure(args: argparse.Namespace) -> None:
                 axes[r, c].set_title(["VOC 2011 photo", "VOC truth (pale: ignored)", "Dense Adapters alone",
                                       "Sparse-Tuning, keep rate 0.7"][c], fontsize=9)
         axes[r, 0].set_ylabel(row["name"], fontsize=8)
+    from sparse_tuning.data.segmentation import VOC_CLASSES
+
+    present = sorted({int(v) for row in rows for m in [row["truth"], *row["predicted"].values()]
+                      for v in np.unique(m) if v != 255})
+    legend(fig, VOC_CLASSES, present)
     fig.suptitle("labelme's three VOC photos, each predicted by runs trained on the other two (a picture, "
                  "not a benchmark)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(args.out / "voc_photos.png", dpi=100)
     plt.close(fig)

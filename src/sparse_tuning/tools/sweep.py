@@ -70,7 +70,12 @@ def sweep_run(run_dir, rates: Sequence[float], data: Optional[str] = None, batch
     from ..core.reduction import get_rule
     from ..files import atomic_write_bytes
     from ..training.devices import resolve_device
+    from ..training.records import read_run_config
     from ..training.run import load_eval_data, load_run
+
+    if read_run_config(run_dir).task != "classify":
+        raise UserError(f"sweep measures top-1 across keep rates; {run_dir} segments: eval --run RUN --keep-rate R "
+                        "gives its mIoU at each rate")
     from .visualize import keep_rate_plot
 
     device = resolve_device(device)
