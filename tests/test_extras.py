@@ -33,12 +33,13 @@ def test_svhn_without_the_data_extra_is_one_line(module, tmp_path, monkeypatch, 
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("module", EXTRAS["log"])
-def test_tensorboard_logging_without_the_log_extra_is_one_line(module, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("logger, extra", [("tensorboard", "log"), ("wandb", "wandb")])
+def test_a_logger_without_its_extra_is_one_line(logger, extra, tmp_path, monkeypatch, capsys):
+    module = EXTRAS[extra][0]
     monkeypatch.setitem(sys.modules, module, None)
     code = main(["train", "--model", "st_vit_micro_patch4_32", "--no-pretrained", "--data", f"folder:{tmp_path}",
-                 "--log", "tensorboard", "--out", str(tmp_path / "run")])
-    one_line(capsys, code, f"--log tensorboard needs {module}", 'pip install -e ".[log]"')
+                 "--log", logger, "--out", str(tmp_path / "run")])
+    one_line(capsys, code, f"--log {logger} needs {module}", f'pip install -e ".[{extra}]"')
     assert not (tmp_path / "run").exists()
 
 

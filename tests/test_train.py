@@ -353,6 +353,59 @@ def test_tensorboard_and_csv_log_the_metrics_and_a_resume_writes_no_step_twice(f
     assert [(int(r["step"]), float(r["top1"])) for r in evaluated] == [(l["step"], pytest.approx(l["top1"])) for l in evals]
 
 
+def wandb_history(run_dir):
+    """Every history record (step, {key: value}) of a W&B offline run folder, read from its
+    .wandb files here: the log format W&B writes (LevelDB's: 32 KiB blocks of records, each a
+    CRC, a length, a type, then a chunk of a protobuf Record), for want of a public reader."""
+    import glob
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out = []
+    for path in sorted(glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb"))):
+        data, pos, pending = open(path, "rb").read(), 7, b""  # 7: ":W&B", its magic and version
+        while pos + 7 <= len(data):
+            if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+                pos += 32768 - pos % 32768
+                continue
+            length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            if kind in (1, 4):  # a whole record, or the last chunk of one
+                record = pb.Record()
+                record.ParseFromString(pending + chunk)
+                pending = b""
+                if record.WhichOneof("record_type") == "history":
+                    items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                    out.append((record.history.step.num, items))
+            elif kind in (2, 3):
+                pending += chunk
+    return out
+
+
+def test_wandb_offline_logs_the_metrics_and_a_resume_sends_no_step_twice(folder, tmp_path, monkeypatch):
+    """Read back from the offline run folder: the same W&B run id across the resume, every
+    training step's loss and every evaluation's top-1 once, at its step."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    real_ce = nan_loss_at(monkeypatch, 5)
+    with pytest.raises(TrainingError, match="loss became nan at step 5"):
+        train_run(config(folder, epochs=2, log="wandb"), run)
+    run_id = (run / "wandb_run_id").read_text()
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", real_ce)
+    train_run(resume_config(run), run, resume=True)
+    assert (run / "wandb_run_id").read_text() == run_id
+    assert all(p.name.endswith(run_id.strip()) for p in (run / "wandb").glob("offline-run-*"))
+    history = wandb_history(run)
+    losses = [(step, items["train/loss"]) for step, items in history if "train/loss" in items]
+    assert [s for s, _ in losses] == list(range(1, 7))  # each step once, across the two attempts
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [l for l in lines if l.get("split") == "val"]
+    assert [(s, items["val/top1"]) for s, items in history if "val/top1" in items] == [
+        (l["step"], pytest.approx(l["top1"])) for l in evals]
+
+
 def test_an_unknown_logger_is_refused_by_name(folder):
-    with pytest.raises(ValueError, match="'wandb' is not a logger; expected a comma-separated subset of tensorboard"):
-        config(folder, log="tensorboard,wandb")
+    with pytest.raises(ValueError, match="'mlflow' is not a logger; expected a comma-separated subset of tensorboard, "
+                                         "csv, wandb"):
+        config(folder, log="tensorboard,mlflow")

@@ -7,7 +7,7 @@ import importlib.util
 from .errors import UserError
 
 # extra -> the modules it installs that the code imports
-EXTRAS = {"export": ("onnx", "onnxscript", "onnxruntime"), "data": ("scipy",), "log": ("tensorboard",)}
+EXTRAS = {"export": ("onnx", "onnxscript", "onnxruntime"), "data": ("scipy",), "log": ("tensorboard",), "wandb": ("wandb",)}
 
 
 class MissingExtra(UserError):

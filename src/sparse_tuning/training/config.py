@@ -77,7 +77,8 @@ class TrainConfig:
     grad_checkpointing: bool = False   # recompute each block's activations in the backward pass: less memory, more time
     # loggers beside RUN_DIR/metrics.jsonl, comma-separated: tensorboard (RUN_DIR/tensorboard, with the kept tokens
     # of 4 validation images at each evaluation; the .[log] extra),
-    # csv (RUN_DIR/csv/train.csv and one per evaluated split)
+    # csv (RUN_DIR/csv/train.csv and one per evaluated split), wandb (Weights & Biases, WANDB_MODE=offline works;
+    # the .[wandb] extra)
     log: str = ""
 
     def __post_init__(self) -> None:
@@ -112,7 +113,7 @@ class TrainConfig:
                             f"{', '.join(LOGGERS)}")
 
 
-LOGGERS = ("tensorboard", "csv")
+LOGGERS = ("tensorboard", "csv", "wandb")
 
 
 def loggers(log: str) -> list[str]:
@@ -145,10 +146,11 @@ def check_machine(train: TrainConfig) -> None:
 
         if train.device == "cpu" or not torch.cuda.is_available():
             raise UserError("amp=fp16 needs a CUDA GPU; use --amp bf16 on the CPU")
-    if "tensorboard" in loggers(train.log):
-        from ..extras import require_extra
+    for name, extra in (("tensorboard", "log"), ("wandb", "wandb")):
+        if name in loggers(train.log):
+            from ..extras import require_extra
 
-        require_extra("log", "--log tensorboard")
+            require_extra(extra, f"--log {name}")
 
 
 @dataclass

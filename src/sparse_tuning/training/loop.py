@@ -33,7 +33,7 @@ from .distill import Distillation
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
 from .errors import Interrupted, TrainingError
 from .tasks import Classification, Task, backbone_of
-from .progress import CsvLog, MetricsLog, Progress, TensorBoardLog, opening_summary, schedule_warnings
+from .progress import CsvLog, MetricsLog, Progress, TensorBoardLog, WandbLog, opening_summary, schedule_warnings
 from ..text import count
 
 
@@ -141,7 +141,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         wanted = loggers(cfg.log) if d.main else []
         sinks = ((TensorBoardLog(self.run_dir / "tensorboard", self.step_index, record),) if "tensorboard" in wanted
-                 else ()) + ((CsvLog(self.run_dir / "csv", self.run_dir / "metrics.jsonl"),) if "csv" in wanted else ())
+                 else ()) + ((CsvLog(self.run_dir / "csv", self.run_dir / "metrics.jsonl"),) if "csv" in wanted else ()) \
+            + ((WandbLog(self.run_dir, self.step_index, record),) if "wandb" in wanted else ())
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", d.main, self.step_index, sinks)
 
     def _resume(self) -> None:

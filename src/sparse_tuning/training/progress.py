@@ -88,6 +88,47 @@ class TensorBoardLog:
         self.writer.close()
 
 
+class WandbLog:
+    """Weights & Biases: the metrics.jsonl scalars at their optimizer step (``train/NAME``,
+    ``SPLIT/NAME``), the resolved config, and the kept-token pictures. Offline with
+    ``WANDB_MODE=offline`` (or without a login: wandb asks). The run id is kept in
+    RUN_DIR/wandb_run_id, so a resume continues the same W&B run; W&B's history only grows, so
+    the steps the interrupted attempt already sent (RUN_DIR/wandb_last_step) are not sent again."""
+
+    def __init__(self, run_dir: Path, resume_step: int, config: dict[str, Any] | None = None) -> None:
+        import os
+        import uuid
+
+        import wandb
+
+        self.id_file, self.step_file = run_dir / "wandb_run_id", run_dir / "wandb_last_step"
+        run_id = self.id_file.read_text().strip() if resume_step and self.id_file.is_file() else uuid.uuid4().hex[:8]
+        atomic_write_text(self.id_file, run_id + "\n")
+        self.sent = int(self.step_file.read_text()) if resume_step and self.step_file.is_file() else 0
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sparse-tuning"), id=run_id, resume="allow",
+                              dir=str(run_dir), name=run_dir.name, config=config or {})
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = record["step"]
+        if step < self.sent or (step == self.sent and "split" not in record):
+            return  # sent by the attempt this run resumes
+        prefix = record.get("split", "train")
+        values = {f"{prefix}/{k}": v for k, v in record.items()
+                  if k not in TensorBoardLog.SKIP and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.run.log(values, step=step)
+        self.sent = step
+        atomic_write_text(self.step_file, f"{step}\n")
+
+    def image(self, tag: str, picture, step: int) -> None:
+        import wandb
+
+        if step >= self.sent:
+            self.run.log({tag: wandb.Image(picture)}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class CsvLog:
     """RUN_DIR/csv/train.csv and RUN_DIR/csv/SPLIT.csv: metrics.jsonl as tables, one column per
     metric (a per-class list as NAME_0, NAME_1, ...). Written again from metrics.jsonl at every
