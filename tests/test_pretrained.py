@@ -38,6 +38,7 @@ def test_the_folder_holds_what_trained_a_fingerprint_and_a_card(run, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["backbone"] == {"name": MODEL, "fingerprint": pretrained.backbone_fingerprint(model)}
     assert "weights" not in config["run_config"] and config["run_config"]["classes"] == cfg.classes
+    assert str(run.parent) not in (out / "config.json").read_text()  # no local path is shared
     card = (out / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     top1 = json.loads((run / "results.json").read_text())["final"]["top1"]

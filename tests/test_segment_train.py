@@ -147,7 +147,7 @@ def test_what_segmentation_cannot_take_is_one_line(squares, options, message):
 def test_segment_needs_seg_data_and_head_blocks_need_segment(tmp_path):
     with pytest.raises(ValueError, match="--task segment reads seg:ROOT"):
         resolve_config({"model": MODEL, "data": f"folder:{tmp_path}", "task": "segment"})
-    with pytest.raises(ValueError, match="head_blocks chooses"):
+    with pytest.raises(ValueError, match="head_blocks is the segmentation head.s; it goes with --task segment"):
         resolve_config({"model": MODEL, "data": f"folder:{tmp_path}", "head_blocks": [1]})
 
 
@@ -235,6 +235,8 @@ def test_a_transformers_vit_segments_too(squares, tmp_path, capsys):
                  "--out", str(run)]) == 0
     results = json.loads((run / "results.json").read_text())
     assert results["task"] == "segment" and 0 <= results["final"]["miou"] <= 100
+    model, _ = load_run(run)  # no classifier built beside the segmentation head: nothing unused trains
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and "classifier" in n]
     image = str(squares / "val" / "images" / "1.png")
     assert main(["predict", "--run", str(run), "--masks", str(tmp_path / "m"), image]) == 0
     assert Image.open(tmp_path / "m" / "1.png").size == (24, 24)
@@ -264,3 +266,22 @@ def test_sweep_refuses_a_segmentation_run_and_eval_takes_its_keep_rate(squares, 
     assert "eval --run RUN --keep-rate R" in capsys.readouterr().err
     reduced, full = (eval_run(tmp_path / "run", keep_rate=k, write=False) for k in (0.5, 1.0))
     assert reduced["keep_rate"] == 0.5 and full["keep_rate"] == 1.0
+
+
+def test_a_run_on_a_subset_evaluates_with_its_own_classes_and_refuses_other_data(tmp_path, capsys):
+    """The classes come from every mask before the subset is drawn, and eval reads the val split
+    alone against the run's classes; classification data, or a safetensors model file, is refused
+    in one line."""
+    root = make_squares(tmp_path / "seg", per_split=(8, 3))
+    (root / "classes.txt").unlink()  # numbered from the masks: all of them, not the subset's
+    run = tmp_path / "run"
+    train_run(config(root, train_samples=4), run, log=lambda line: None)  # 4 of 8: classes 1 and 2 only, or fewer
+    assert json.loads((run / "config.json").read_text())["classes"] == ["0", "1", "2"]
+    import shutil
+
+    shutil.rmtree(root / "train")  # evaluation needs the val split only
+    assert eval_run(run, write=False)["images"] == 3
+    assert main(["eval", "--run", str(run), "--data", f"folder:{tmp_path}"]) == 2
+    assert "the run segments; --data" in capsys.readouterr().err
+    assert main(["export", "--run", str(run), "--format", "safetensors", "--out", str(tmp_path / "m.st")]) == 2
+    assert "a segmentation run exports as onnx" in capsys.readouterr().err

@@ -38,8 +38,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "real"))
 
 MODEL = "vit_small_patch14_dinov2"
-# name -> (method, Sparse-Tuning / reduction fields). In the order they run.
-CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+# name -> (method, Sparse-Tuning / reduction fields[, run options]). In the order they run.
+CONFIGS: dict[str, tuple] = {
     "da-only": ("da-only", {}),
     "sparse-tuning@0.7": ("sparse-tuning", {"keep_rate": 0.7}),
     "linear": ("linear", {}),
@@ -48,14 +48,17 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "lora+class-attention@0.7": ("lora", {"reduction": "class-attention", "keep_rate": 0.7}),
     "sparse-tuning@0.5": ("sparse-tuning", {"keep_rate": 0.5}),
     "da-only+tome@r2": ("da-only", {"reduction": "tome", "tome_r": [2]}),
+    # A remedy for the merged patches: the head also reads block 2, the last before any reduction,
+    # where every patch is still its own token (SETR-MLA's several levels).
+    "sparse-tuning@0.7+head-blocks-2-11": ("sparse-tuning", {"keep_rate": 0.7}, {"head_blocks": [2, 11]}),
 }
 
 
 def run_config(args: argparse.Namespace, name: str, seed: int) -> Any:
     from sparse_tuning.training.config import resolve_config
 
-    method, fields = CONFIGS[name]
-    return resolve_config({
+    method, fields, *options = CONFIGS[name]
+    return resolve_config({**(options[0] if options else {}),
         "model": MODEL, "weights": args.weights, "img_size": args.img_size, "data": f"seg:{args.data}",
         "method": method, "sparse_tuning": dict(fields), "train_samples": args.train_samples,
         "eval_samples": args.eval_samples,

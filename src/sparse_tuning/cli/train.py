@@ -151,8 +151,10 @@ def add_commands(sub) -> None:
 def add_model_file_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-file", default=None, metavar="F.onnx",
                    help="instead of --run: a file written by export --format onnx (fp32 or --quantize int8), run in "
-                        "ONNX Runtime with the classes and preprocessing it records")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime's threads (default: its own choice)")
+                        "ONNX Runtime's CPU provider with the classes and preprocessing it records (--device does "
+                        "not apply to it)")
+    p.add_argument("--threads", type=int, default=None, help="with --model-file: ONNX Runtime's threads (default: its "
+                                                            "own choice)")
 
 
 def add_trained_run_options(p: argparse.ArgumentParser, batch_size: int = 0, keep_rate: bool = True,

@@ -117,10 +117,18 @@ class SegmentationDataset(Dataset):
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from .images import IMAGE_ERRORS
+
         image_path, mask_path = self.pairs[i]
         H, W = self.size
-        mask = Image.fromarray(read_mask(mask_path).astype(np.uint8)).resize((W, H), Image.NEAREST)
-        return self.image(rgb_loader(image_path)), torch.from_numpy(np.asarray(mask, dtype=np.int64))
+        try:  # a pair is checked before training, but a file can still be damaged inside
+            mask = Image.fromarray(read_mask(mask_path).astype(np.uint8)).resize((W, H), Image.NEAREST)
+            image = rgb_loader(image_path)
+        except DataError:
+            raise
+        except IMAGE_ERRORS as e:
+            raise DataError(f"cannot read {image_path} or its mask {mask_path.name}: {e}") from None
+        return self.image(image), torch.from_numpy(np.asarray(mask, dtype=np.int64))
 
     def image(self, image: Image.Image) -> torch.Tensor:
         """An RGB image as the model reads it: resized to ``size``, normalised (predict uses it too)."""
@@ -131,19 +139,22 @@ class SegmentationDataset(Dataset):
 
 def load_segmentation_data(root: str | Path, size: tuple[int, int], mean: Sequence[float] = (0.485, 0.456, 0.406),
                            std: Sequence[float] = (0.229, 0.224, 0.225), train_samples: int = 0,
-                           eval_samples: int = 0, seed: int = 0) -> SegmentationData:
+                           eval_samples: int = 0, seed: int = 0,
+                           classes: Optional[Sequence[str]] = None) -> SegmentationData:
     """``seg:ROOT`` in either layout (VOC's when ``ROOT/JPEGImages`` exists), checked; with
-    ``train_samples`` / ``eval_samples``, a subset of that many pairs drawn with ``seed``."""
+    ``train_samples`` / ``eval_samples``, a subset of that many pairs drawn with ``seed`` (the
+    classes found over all of them first). ``classes`` (a trained run's, for evaluation): the val
+    split alone is read and checked against them."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     voc = (root / "JPEGImages").is_dir()
-    splits = {split: (voc_pairs if voc else folder_pairs)(root, split) for split in ("train", "val")}
-    for split, n in (("train", train_samples), ("val", eval_samples)):
-        if n and n < len(splits[split]):  # a class-balanced draw has no meaning for masks: a uniform one
-            picked = torch.randperm(len(splits[split]), generator=torch.Generator().manual_seed(seed))[:n]
-            splits[split] = [splits[split][i] for i in sorted(picked.tolist())]
-    if voc:
+    given = list(classes) if classes is not None else None
+    splits = {split: (voc_pairs if voc else folder_pairs)(root, split)
+              for split in (("val",) if given is not None else ("train", "val"))}
+    if given is not None:
+        classes = given
+    elif voc:
         classes = list(VOC_CLASSES)
     elif (root / "classes.txt").is_file():
         classes = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
@@ -152,6 +163,11 @@ def load_segmentation_data(root: str | Path, size: tuple[int, int], mean: Sequen
     largest = max(check_pairs(pairs, None if classes is None else len(classes)) for pairs in splits.values())
     if classes is None:
         classes = [str(i) for i in range(largest + 1)]
+    splits.setdefault("train", [])
+    for split, n in (("train", train_samples), ("val", eval_samples)):
+        if n and n < len(splits[split]):  # a class-balanced draw has no meaning for masks: a uniform one
+            picked = torch.randperm(len(splits[split]), generator=torch.Generator().manual_seed(seed))[:n]
+            splits[split] = [splits[split][i] for i in sorted(picked.tolist())]
     if len(classes) < 2:
         raise DataError(f"the masks under {root} hold {len(classes)} class; segmentation needs two or more")
     return SegmentationData(SegmentationDataset(splits["train"], size, mean, std),

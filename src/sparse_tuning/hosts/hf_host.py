@@ -172,6 +172,10 @@ class HFHost(Host):
                         hf_logging.enable_progress_bar()
             else:
                 model = auto.from_config(config)
+        if num_classes == 0:  # no classifier wanted (a segmentation head reads the features): none to train
+            for name in ("classifier", "cls_classifier", "distillation_classifier"):
+                if isinstance(getattr(model, name, None), nn.Linear):
+                    setattr(model, name, nn.Identity())
         # Read once, here: the transforms (data_config) and the input size follow it. An explicit
         # img_size wins over the processor's size.
         preprocessing = read_preprocessing(source)

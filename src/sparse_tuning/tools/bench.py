@@ -326,6 +326,10 @@ def run_accuracies(run_dirs: list[str]) -> dict[str, dict[str, Any]]:
         results = Path(run) / "results.json"
         if not results.is_file():
             raise FileNotFoundError(f"{results} not found: the run has not finished")
+        if cfg.task != "classify":
+            from ..errors import UserError
+
+            raise UserError(f"--runs joins top-1 to the table; {run} is a segmentation run")
         found.setdefault(cfg.method, []).append((json.loads(results.read_text())["best"]["top1"], str(run)))
     out = {}
     for method, runs in found.items():

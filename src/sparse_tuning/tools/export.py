@@ -146,8 +146,13 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, keep_rate: Option
     if fmt == "peft":  # peft's LoRA folder
         from .peft_io import export_peft
 
+        if keep_rate is not None:
+            raise UserError("--keep-rate does not apply to --format peft: peft's model keeps every token")
         return export_peft(run_dir, out)
     model, cfg = load_run(run_dir, keep_rate)
+    if fmt == "safetensors" and cfg.task != "classify":
+        raise UserError("--format safetensors (for load_model) holds classifiers; a segmentation run exports as "
+                        "onnx, export or pretrained")
     if keep_rate is not None:
         cfg = dataclasses.replace(cfg, sparse_tuning=dataclasses.replace(cfg.sparse_tuning, keep_rate=keep_rate))
     if quantize is None:
@@ -170,7 +175,11 @@ def calibration_images(model: nn.Module, cfg: RunConfig, n: int = 64) -> torch.T
     backbone = backbone_of(model)
     data = load_data(cfg, host_for(backbone).image_model(backbone))
     picked = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n].tolist()
-    return torch.stack([data.train[i][0] for i in picked])
+    read = [data.train[i] for i in picked]
+    read = [sample[0] for sample in read if sample is not None]  # an unreadable image is skipped
+    if not read:
+        raise UserError("none of the training images drawn for calibration could be read")
+    return torch.stack(read)
 
 
 def load_model(path: str | Path, keep_rate: Optional[float] = None) -> nn.Module:

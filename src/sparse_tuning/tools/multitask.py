@@ -58,6 +58,8 @@ class MultiTask:
         for task, run in runs.items():
             start = time.perf_counter()
             model, cfg = load_run(run)
+            if cfg.task != "classify" or cfg.video.frames:
+                raise UserError(f"{run} is not an image classifier: the tasks share a classifying backbone")
             model.to(device).eval()
             if first is None:
                 first = task
@@ -113,8 +115,6 @@ def predict_tasks(runs: dict[str, str | Path], images: list[str], top_k: int = 5
     out: list[dict] = [{"image": str(p), "tasks": {}} for p in paths]
     for task in multi.tasks:
         model, cfg = multi.models[task], multi.configs[task]
-        if cfg.task != "classify" or cfg.video.frames:
-            raise UserError(f"predict with several runs classifies images; {runs[task]} is not an image classifier")
         _, transform = make_transforms(model, augment_mode(parse_data_spec(cfg.data), cfg.augment))
         for entry, result in zip(out, top_k_predictions(model, transform, paths, cfg.classes, top_k, device)):
             entry["tasks"][task] = result["top"]

@@ -137,7 +137,12 @@ def _data_of(model: OnnxModel, spec: str):
     pre = model.metadata.get("preprocessing")
     if pre is None:
         raise UserError(f"{model.path} records no preprocessing: export it with sparse-tuning export --format onnx")
-    path = spec.partition(":")[2]
+    from ..data.options import DENSE_KINDS
+
+    kind, _, path = spec.partition(":")
+    if (kind in DENSE_KINDS) != (model.metadata.get("task") == "segment"):
+        raise UserError(f"{model.path} {'segments' if kind not in DENSE_KINDS else 'classifies'}; --data {spec} is "
+                        f"{'segmentation data' if kind in DENSE_KINDS else 'not seg: data'}")
     if model.metadata.get("task") == "segment":
         from ..data.segmentation import load_segmentation_data
 
@@ -159,7 +164,7 @@ def eval_file(path: str | Path, data: str, batch_size: int = 64, threads: Option
         raise UserError(f"the data's classes ({', '.join(images.classes[:3])}, ...) are not the file's "
                         f"({', '.join(model.classes[:3])}, ...)")
     task = get_task(model.metadata.get("task", "classify"))
-    result = task.evaluate(model, images.eval, batch_size, "cpu")
+    result = task.evaluate(model, images.eval, batch_size, "cpu", num_classes=len(images.classes))
     return {**result, "split": images.eval_split, "task": task.name, "keep_rate": model.metadata.get("keep_rate"),
             "quantized": model.metadata.get("quantized", "none"), "file": str(path), "data": data}
 
@@ -195,15 +200,20 @@ def quantization_check(run_dir: str | Path, path: str | Path, samples: int = 500
     from ..training.run import load_eval_data, load_run
     from ..training.tasks import get_task
 
+    from ..data.images import DataError
+
     model, cfg = load_run(run_dir, keep_rate)
-    data = load_eval_data(model, cfg)
+    try:
+        data = load_eval_data(model, cfg)
+    except (DataError, FileNotFoundError) as e:  # the file is written: the check alone cannot run here
+        return f"check skipped: the run's evaluation data cannot be read here ({e})"
     picked = torch.randperm(len(data.eval), generator=torch.Generator().manual_seed(0))[:samples].tolist()
     subset = torch.utils.data.Subset(data.eval, sorted(picked))
     task = get_task(cfg.task)
     torch.manual_seed(cfg.train.seed)  # the random rule's draws, as eval makes them
-    fp32 = task.evaluate(model, subset, 32, "cpu")
+    fp32 = task.evaluate(model, subset, 32, "cpu", num_classes=cfg.num_classes)
     quantized = OnnxModel(path)
-    int8 = task.evaluate(quantized, subset, 32, "cpu")
+    int8 = task.evaluate(quantized, subset, 32, "cpu", num_classes=cfg.num_classes)
     key, label = task.primary, task.primary_label
     return (f"check on {int8['images']} {data.eval_split} images: {label} {int8[key]:.2f} "
             f"({quantized.metadata.get('quantized')}, onnxruntime) vs {fp32[key]:.2f} (fp32, the run's model): "

@@ -27,6 +27,8 @@ PREFIX = "base_model.model."  # where a PeftModel keeps the wrapped model
 
 
 def _check_hf_lora(cfg) -> None:
+    if cfg.task != "classify":
+        raise UserError("--format peft writes an image classifier (peft's modules_to_save); this run segments")
     if cfg.method != "lora" or not str(cfg.model).startswith("hf:"):
         raise UserError(f"--format peft writes a lora run on a transformers model (hf:NAME); this run is "
                         f"--method {cfg.method} on {cfg.model}")

@@ -27,7 +27,7 @@ from ..files import atomic_write_text
 FORMAT = "sparse-tuning-pretrained/1"
 LIBRARY = "sparse-tuning"
 # Where a run happened, not what it is: left out of a shared folder.
-LOCAL_FIELDS = ("weights", "data", "download")
+LOCAL_FIELDS = ("weights", "data", "download")  # (and train.teacher, train.device): paths and machines
 
 
 def backbone_fingerprint(model: nn.Module) -> str:
@@ -56,11 +56,12 @@ def save_pretrained(run_dir: str | Path, out: str | Path, keep_rate: Optional[fl
     shared = cfg.to_dict()
     for field in LOCAL_FIELDS:
         shared.pop(field, None)
+    shared["train"] = {k: v for k, v in shared["train"].items() if k not in ("teacher", "device")}
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     config = {"library_name": LIBRARY, "format": FORMAT, "run_config": shared,
               "backbone": {"name": cfg.model, "fingerprint": backbone_fingerprint(model)},
-              "data": cfg.data, "results": {k: results.get(k) for k in ("final", "best", "eval_split") if k in results}}
+              "data": str(cfg.data or "").partition(":")[0], "results": {k: results.get(k) for k in ("final", "best", "eval_split") if k in results}}
     out.mkdir(parents=True, exist_ok=True)
     save_trainable(model, out / "model.safetensors", {"format": FORMAT})
     atomic_write_text(out / "config.json", json.dumps(config, indent=1) + "\n")
@@ -129,6 +130,7 @@ def from_pretrained(source: str | Path, backbone: Optional[str] = None, keep_rat
         raise UserError(f"{folder} is not a sparse-tuning model folder (format {config.get('format')!r})")
     recorded = dict(config["run_config"])
     recorded["weights"] = str(Path(backbone).resolve()) if backbone else None
+    recorded["data"] = config.get("data") or None  # the data's kind: where it lives is the user's
     cfg = RunConfig.from_dict(recorded)
     model = build_model(cfg, cfg.num_classes)
     fingerprint = backbone_fingerprint(model)
@@ -160,6 +162,10 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False) -> str:
     from huggingface_hub import HfApi
 
     api = HfApi()
-    api.create_repo(repo_id, exist_ok=True, private=private)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="sparse-tuning model")
+    try:
+        api.create_repo(repo_id, exist_ok=True, private=private)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="sparse-tuning model")
+    except (OSError, ValueError) as e:  # huggingface_hub's HTTP errors are OSErrors; no token, a bad id
+        raise UserError(f"could not upload {folder} to {repo_id} ({' '.join(str(e).split())[:200]}); the folder "
+                        "is written: huggingface-cli upload can send it later") from None
     return f"https://huggingface.co/{repo_id}"

@@ -154,6 +154,9 @@ def visualize_images(image_paths: Sequence[str | Path], out_dir: str | Path, run
         if weights or img_size:
             raise UserError("--weights and --img-size come from the run; give them with --model instead")
         net, cfg = load_run(run, keep_rate)
+        if cfg.task != "classify":
+            raise UserError(f"visualize pictures a classification run's kept tokens; {run} segments (train with "
+                            "--log tensorboard to see its kept tokens at each evaluation)")
         augment = augment_mode(parse_data_spec(cfg.data), cfg.augment)
         if getattr(net, "sparse_tuning", None) is None or not net.sparse_tuning.sparsify_at:
             raise UserError(f"visualize needs a run that sparsifies tokens; this one used --method {cfg.method}")

@@ -45,8 +45,8 @@ class TrainConfig:
     # (the paper's 10 of 100)
     warmup_epochs: Optional[float] = None
     weight_decay: float = 1e-4         # AdamW decay; never on biases, norms or other 1-d parameters
-    # a task's new head (the segmentation decoder) learns at this multiple of --lr (default: 10 for --task
-    # segment, as mmsegmentation's decode heads; 1 otherwise)
+    # --task segment: the segmentation head learns at this multiple of --lr (default: 10, as mmsegmentation's
+    # decode heads)
     head_lr_scale: Optional[float] = None
     grad_accum: int = 1                # micro-batches per optimizer step
     clip_grad: Optional[float] = None  # max global gradient norm; unset: no clipping
@@ -158,7 +158,7 @@ class RunConfig:
     model: Optional[str] = None        # timm model name (vit_base_patch16_224.augreg_in21k) or hf:ID_OR_DIR (a transformers model)
     data: Optional[str] = None         # folder:PATH | vtab:ROOT/TASK | cifar100:ROOT | svhn:ROOT | food101:ROOT | mnist:ROOT | fashionmnist:ROOT | torchvision:NAME:ROOT | kinetics:ROOT | ssv2:ROOT | frames:ROOT | videolist:TRAIN[,EVAL] | seg:ROOT (segmentation: PASCAL VOC layout, or {train,val}/{images,masks})
     # what the model learns: classify (a label per image) or segment (a class per pixel, from seg: data; a linear
-    # head on the patch tokens restored to the full grid). Default: segment for seg: data, classify otherwise
+    # head on the patch tokens restored to the full grid) (default: segment for seg: data, classify otherwise)
     task: Literal["classify", "segment"] = "classify"
     head_blocks: tuple[int, ...] = ()  # --task segment: the blocks whose outputs the head reads, concatenated (default: the last; -1 counts from the end)
     method: str = "sparse-tuning"      # what trains (the methods are listed under --method)
@@ -374,8 +374,9 @@ def check_task(cfg: RunConfig) -> None:
     if cfg.task == "classify":
         if dense and cfg.data:
             raise UserError("seg: data holds masks for --task segment; --task classify needs labelled images")
-        if cfg.head_blocks:
-            raise UserError("head_blocks chooses the blocks a segmentation head reads; it goes with --task segment")
+        if cfg.head_blocks or cfg.train.head_lr_scale is not None:
+            name = "head_blocks" if cfg.head_blocks else "head_lr_scale"
+            raise UserError(f"{name} is the segmentation head's; it goes with --task segment")
         return
     if cfg.data and not dense:
         raise UserError(f"--task segment reads seg:ROOT data (images and their masks), not {cfg.data.partition(':')[0]}:")

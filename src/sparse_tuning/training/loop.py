@@ -124,7 +124,9 @@ class Trainer:
         self.net = model
         if d.enabled:
             ids = [d.local_rank] if self.device.startswith("cuda") else None
-            self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            # A segmentation head on earlier blocks leaves the later blocks' adapters without a gradient.
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                                           find_unused_parameters=self.task.name == "segment")
         self.ddp = self.net  # no_sync lives on the DDP wrapper, not on a compiled one
         self.net = compiled(self.net, cfg.compile, cfg.compile_backend)
         self.eval_net = compiled(model, cfg.compile, cfg.compile_backend)  # the same weights, compiled once
@@ -263,7 +265,7 @@ class Trainer:
         self.hook.before_eval()
         try:
             result = self.task.evaluate(self.eval_net, self.data.eval, self.cfg.eval_batch_size, self.device,
-                                        self.cfg.amp, self.d, self.cfg.num_workers)
+                                        self.cfg.amp, self.d, self.cfg.num_workers, self.data.num_classes)
         finally:
             self.hook.after_eval()
         primary = self.task.primary
@@ -287,12 +289,16 @@ class Trainer:
         if st is None or not st.sparsify_at or image_model is not self.backbone:
             return
         samples = [self.data.eval[i] for i in range(min(self.KEPT_TOKEN_IMAGES, len(self.data.eval)))]
-        x = torch.stack([s[0] for s in samples if s is not None]).to(self.device)
+        samples = [s[0] for s in samples if s is not None]
+        if not samples:  # none of them could be read
+            return
+        x = torch.stack(samples).to(self.device)
         dc = host.data_config(image_model)
         self.hook.before_eval()
         was_training = image_model.training
         try:
-            with torch.random.fork_rng(devices=[]):  # the random rule's draws leave training's stream alone
+            cuda = [self.device] if str(self.device).startswith("cuda") else []
+            with torch.random.fork_rng(devices=cuda):  # the random rule's draws leave training's streams alone
                 picture = kept_tokens_grid(image_model, x, dc["mean"], dc["std"])
         finally:
             image_model.train(was_training)

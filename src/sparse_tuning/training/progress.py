@@ -101,12 +101,18 @@ class WandbLog:
 
         import wandb
 
+        from ..errors import UserError
+
         self.id_file, self.step_file = run_dir / "wandb_run_id", run_dir / "wandb_last_step"
         run_id = self.id_file.read_text().strip() if resume_step and self.id_file.is_file() else uuid.uuid4().hex[:8]
-        atomic_write_text(self.id_file, run_id + "\n")
         self.sent = int(self.step_file.read_text()) if resume_step and self.step_file.is_file() else 0
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sparse-tuning"), id=run_id, resume="allow",
-                              dir=str(run_dir), name=run_dir.name, config=config or {})
+        try:
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "sparse-tuning"), id=run_id,
+                                  resume="allow", dir=str(run_dir), name=run_dir.name, config=config or {})
+        except (wandb.errors.Error, OSError, ValueError) as e:  # no login without a terminal, no network
+            raise UserError(f"--log wandb could not start a W&B run ({' '.join(str(e).split())[:200]}); "
+                            "WANDB_MODE=offline logs without an account") from None
+        atomic_write_text(self.id_file, run_id + "\n")  # only once the run exists
 
     def write(self, record: dict[str, Any]) -> None:
         step = record["step"]

@@ -67,7 +67,8 @@ def load_data(cfg: RunConfig, probe: nn.Module, data: Optional[str] = None, eval
         dc = host_for(probe).data_config(probe)  # the backbone's input size and normalisation
         return load_segmentation_data(path, tuple(dc["input_size"][1:]), dc["mean"], dc["std"],
                                       train_samples=0 if eval_only else cfg.train_samples,
-                                      eval_samples=cfg.eval_samples, seed=cfg.train.seed)
+                                      eval_samples=cfg.eval_samples, seed=cfg.train.seed,
+                                      classes=cfg.classes if eval_only and cfg.classes else None)
     if kind not in VIDEO_KINDS:
         return load_image_data(spec, probe, download=cfg.download, strict=cfg.strict_data, augment=cfg.augment,
                                train_samples=cfg.train_samples, eval_samples=cfg.eval_samples, seed=cfg.train.seed,
@@ -142,7 +143,8 @@ def _remove_if_nothing_to_resume(run_dir: Path, error: BaseException) -> None:
         return
     files = {p.name for p in run_dir.iterdir()} - {".lock"}
     checkpoints = run_dir / "checkpoints"
-    if not files or (isinstance(error, ValueError) and files <= {"config.json", "metrics.jsonl", "checkpoints"}
+    loggers = {"tensorboard", "csv", "wandb", "wandb_run_id", "wandb_last_step"}  # what the loggers start with
+    if not files or (isinstance(error, ValueError) and files <= {"config.json", "metrics.jsonl", "checkpoints"} | loggers
                      and not (checkpoints.is_dir() and any(checkpoints.iterdir()))):
         shutil.rmtree(run_dir)
 
@@ -265,6 +267,12 @@ def load_run(run_dir: str | Path, keep_rate: Optional[float] = None, reduction: 
 
 def load_eval_data(model: nn.Module, cfg: RunConfig, data: Optional[str] = None):
     """A run's data (or another spec), checked against the number of classes it was trained on."""
+    from ..data.options import DENSE_KINDS
+
+    dense = str(data or cfg.data).partition(":")[0] in DENSE_KINDS
+    if dense != (cfg.task == "segment"):
+        raise UserError(f"the run {'segments' if cfg.task == 'segment' else 'classifies'}; --data "
+                        f"{data} is {'segmentation data' if dense else 'not seg: data'}")
     backbone = backbone_of(model)
     images = load_data(cfg, host_for(backbone).image_model(backbone), data, eval_only=True)
     if images.num_classes != cfg.num_classes:
@@ -293,7 +301,7 @@ def eval_run(run_dir: str | Path, data: Optional[str] = None, keep_rate: Optiona
     torch.manual_seed(cfg.train.seed)  # the random rule's draws: an evaluation repeats exactly
     task = get_task(cfg.task)
     result = task.evaluate(compiled(model.to(device), compile, cfg.train.compile_backend), images.eval, batch_size,
-                           device, cfg.train.amp)
+                           device, cfg.train.amp, num_classes=cfg.num_classes)
     st = getattr(backbone_of(model), "sparse_tuning", None)
     spec = absolute_spec(data) if data else cfg.data
     result.update(split=images.eval_split, keep_rate=st.keep_rate if st else 1.0, data=spec, task=task.name)

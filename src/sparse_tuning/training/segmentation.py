@@ -78,41 +78,48 @@ def segmentation_metrics(confusion: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, dataset, batch_size: int = 16, device: str = "cpu", amp: str = "off",
-                          d: Optional[Dist] = None, num_workers: int = 0) -> dict[str, Any]:
+                          d: Optional[Dist] = None, num_workers: int = 0,
+                          num_classes: Optional[int] = None) -> dict[str, Any]:
     """mIoU, pixel accuracy, per-class IoU and the pixel loss over the dataset; ranks split it and
-    their confusion matrices are summed, so the metrics are those of the whole set."""
+    their confusion matrices are summed (every rank takes part, also one with no image), so the
+    metrics are those of the whole set. ``num_classes``: the task's (default: the model's head)."""
     from torch.utils.data import DataLoader, Subset
 
     from ..data.images import collate_skipping, quiet_worker, worker_batches
 
     d = d or Dist()
+    k = num_classes or getattr(getattr(model, "head", None), "out_channels", None)
+    if k is None:
+        raise UserError("evaluate_segmentation needs num_classes for a model without a segmentation head")
     was_training = model.training
     model.eval()
     loader = DataLoader(Subset(dataset, list(range(d.rank, len(dataset), d.world))), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_skipping,
                         worker_init_fn=quiet_worker if num_workers else None)
-    confusion, loss, pixels, images = None, 0.0, 0, 0
+    confusion = torch.zeros(k, k, dtype=torch.long, device=device)
+    loss, pixels, images, skipped = 0.0, 0, 0, 0
     with worker_batches(loader) as batches:
-        for x, masks, _ in batches:
+        for x, masks, unread in batches:
+            skipped += unread
             if x is None:
                 continue
             x, masks = x.to(device), masks.to(device)
             with autocast(device, amp):
                 logits = model(x)
             logits = logits.float()
-            counts = confusion_matrix(logits.argmax(1), masks, logits.shape[1])
-            confusion = counts if confusion is None else confusion + counts
+            confusion += confusion_matrix(logits.argmax(1), masks, k)
             loss += F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum").item()
             pixels += int((masks != IGNORE_INDEX).sum())
             images += len(x)
     model.train(was_training)
-    if confusion is None:
-        raise UserError(f"no evaluation image could be read ({len(dataset)} in the set)")
-    k = confusion.shape[0]
-    summed = all_reduce_sum(confusion.flatten().double().tolist() + [loss, pixels, images], d, device)
+    summed = all_reduce_sum(confusion.flatten().double().tolist() + [loss, pixels, images, skipped], d, device)
     confusion = torch.tensor(summed[:k * k], dtype=torch.float64).reshape(k, k)
-    loss, pixels, images = summed[k * k:]
-    return {**segmentation_metrics(confusion), "loss": loss / max(pixels, 1), "images": int(images)}
+    loss, pixels, images, skipped = summed[k * k:]
+    if not images:  # decided on the sums: every rank raises together
+        raise UserError(f"no evaluation image could be read ({int(skipped)} skipped of {len(dataset)}); "
+                        "check the data (--strict-data names the first bad file)")
+    return {**segmentation_metrics(confusion), "loss": loss / max(pixels, 1), "images": int(images),
+            "skipped": int(skipped)}
 
 
 def iou_table(iou: Sequence[Optional[float]], classes: Sequence[str]) -> str:

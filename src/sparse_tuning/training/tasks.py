@@ -43,7 +43,7 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, model: nn.Module, dataset, batch_size: int, device: str, amp: str = "off",
-                 d: Optional[Dist] = None, num_workers: int = 0) -> dict[str, Any]:
+                 d: Optional[Dist] = None, num_workers: int = 0, num_classes: Optional[int] = None) -> dict[str, Any]:
         raise NotImplementedError
 
     def text(self, result: dict[str, Any], sep: str = " ") -> str:
@@ -64,7 +64,7 @@ class Classification(Task):
             return mixup, SoftTargetCrossEntropy()
         return None, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
-    def evaluate(self, model, dataset, batch_size, device, amp="off", d=None, num_workers=0):
+    def evaluate(self, model, dataset, batch_size, device, amp="off", d=None, num_workers=0, num_classes=None):
         from .evaluate import evaluate
 
         return evaluate(model, dataset, batch_size, device, amp, d, num_workers)
@@ -87,7 +87,7 @@ class Segmentation(Task):
         return SegmentationModel(backbone, num_classes, tuple(head_blocks) or None)
 
     def backbone_classes(self, num_classes: int) -> int:
-        return 0  # the backbone's classifier is not used: no head there, nothing to train or save
+        return 0  # the backbone's classifier is not used: none is built (nothing to train or save)
 
     def head(self, model: nn.Module) -> tuple[nn.Parameter, ...]:
         return tuple(model.head.parameters())
@@ -105,10 +105,10 @@ class Segmentation(Task):
 
         return None, partial(segmentation_loss, label_smoothing=cfg.label_smoothing)
 
-    def evaluate(self, model, dataset, batch_size, device, amp="off", d=None, num_workers=0):
+    def evaluate(self, model, dataset, batch_size, device, amp="off", d=None, num_workers=0, num_classes=None):
         from .segmentation import evaluate_segmentation
 
-        return evaluate_segmentation(model, dataset, batch_size, device, amp, d, num_workers)
+        return evaluate_segmentation(model, dataset, batch_size, device, amp, d, num_workers, num_classes)
 
     def text(self, result, sep=" "):
         return f"mIoU {result['miou']:.2f}, pixel accuracy {result['pixel_accuracy']:.2f}"
