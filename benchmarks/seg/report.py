@@ -96,7 +96,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {len(c['miou'])} | {_ms(c['miou'])} | {_ms(c['pixel_accuracy'])} | {cost} | {verdict} |")
     b = results.get("boundary")
     if b:
-        lines += ["", f"## Where reduction costs: boundaries (seed 0, pixels within {b['band_px']} px of a class change)",
+        lines += ["", f"## Boundaries and interiors (seed 0, {b['scenes']} held-out scenes; boundary: within "
+                      f"{b['band_px']} px of a class change)",
                   "", "| configuration | boundary pixel acc. | interior pixel acc. |", "|---|---:|---:|"]
         lines += [f"| {n} | {v['boundary']:.1f} | {v['interior']:.1f} |" for n, v in b["configs"].items()]
     lines += ["", "## IoU per class (mean over seeds)", "",
