@@ -140,3 +140,16 @@ def test_readme_multitask_figures_are_in_the_benchmark_file():
                    f"({s['one_model']:.1f} MB for one)", f"grows by {rss['shared']:.0f} MB against {rss['separate']:.0f} MB",
                    f"{w['one_task_ms']:.1f} ms when requests go to one task and {w['alternating_ms']:.1f} ms"):
         assert figure in readme, figure
+
+
+def test_readme_segmentation_figures_are_in_the_benchmark_file():
+    import statistics
+
+    r = json.loads((ROOT / "benchmarks" / "segment" / "results.json").read_text())
+    readme = flat((ROOT / "README.md").read_text())
+    c, b = r["configs"], r["boundary"]["configs"]
+    for name in ("da-only", "lora", "linear", "sparse-tuning@0.9", "sparse-tuning@0.7", "lora+class-attention@0.7",
+                 "sparse-tuning@0.7+head-blocks-2-11"):
+        assert f"{statistics.mean(c[name]['miou']):.1f} ± {statistics.stdev(c[name]['miou']):.1f}" in readme, name
+    assert f"{c['sparse-tuning@0.7']['infer_images_per_s']:.1f} img/s" in readme
+    assert f"{b['da-only']['boundary']:.1f} with every token, {b['sparse-tuning@0.9']['boundary']:.1f} at 0.9" in readme

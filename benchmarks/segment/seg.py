@@ -1,9 +1,9 @@
 """Semantic segmentation on the real DINOv2 ViT-S/14, offline: every method that matters, with and
 without token reduction, on the scenes of scenes.py; resumable, one committed JSON per run.
 
-    python benchmarks/seg/scenes.py --out /tmp/seg-data
+    python benchmarks/segment/scenes.py --out /tmp/seg-data
     python benchmarks/real/backbone.py --out dinov2_vits14.safetensors
-    python benchmarks/seg/seg.py --weights dinov2_vits14.safetensors --data /tmp/seg-data --runs /tmp/seg-runs
+    python benchmarks/segment/seg.py --weights dinov2_vits14.safetensors --data /tmp/seg-data --runs /tmp/seg-runs
 
 The protocol, the same for every configuration:
 - data: 600 of the 2,000 training scenes and 500 of the 1,000 held-out ones (other articles,

@@ -65,7 +65,7 @@ def meta(args: argparse.Namespace, argv: list[str], timing: dict[str, Any]) -> d
 
     from seg import MODEL
 
-    return {"command": "python benchmarks/seg/seg.py " + " ".join(argv), "date": datetime.date.today().isoformat(),
+    return {"command": "python benchmarks/segment/seg.py " + " ".join(argv), "date": datetime.date.today().isoformat(),
             "machine": f"{platform.machine()}, {timing.get('threads', torch.get_num_threads())} threads",
             "torch": torch.__version__, "timm": timm.__version__, "model": MODEL, "img_size": args.img_size,
             "train_samples": args.train_samples, "test_scenes": args.eval_samples, "epochs": args.epochs,
@@ -164,7 +164,7 @@ def phase_figures(args: argparse.Namespace) -> None:
     """masks.png (held-out scenes), boundary.json (seed 0) and, with --voc, voc_photos.png."""
     from sparse_tuning.training.run import load_run
 
-    shown = [n for n in ("da-only", "sparse-tuning@0.7", "sparse-tuning@0.5") if (args.runs / n / "seed0").is_dir()]
+    shown = [n for n in ("da-only", "sparse-tuning@0.9", "sparse-tuning@0.7") if (args.runs / n / "seed0").is_dir()]
     models = {n: load_run(args.runs / n / "seed0")[0] for n in shown}
     if models:
         boundary(args, models)

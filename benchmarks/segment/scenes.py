@@ -1,7 +1,7 @@
 """A segmentation set from real parts, offline: Fashion-MNIST articles pasted onto crops of real
 photos, each pixel labelled with its article's class (10 classes) or background.
 
-    python benchmarks/seg/scenes.py --out /tmp/seg-data
+    python benchmarks/segment/scenes.py --out /tmp/seg-data
 
 No public segmentation set is in the package registries; this one is built from what is:
   articles     Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist): 70,000
