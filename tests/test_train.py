@@ -341,6 +341,8 @@ def test_tensorboard_and_csv_log_the_metrics_and_a_resume_writes_no_step_twice(f
     assert [e.value for e in loss] == pytest.approx([l["loss"] for l in steps], rel=1e-6)
     assert [e.value for e in acc.Scalars("train/keep_rate")] == pytest.approx([l["keep_rate"] for l in steps])
     assert [(e.step, e.value) for e in acc.Scalars("val/top1")] == [(l["step"], pytest.approx(l["top1"])) for l in evals]
+    assert [e.value for e in acc.Scalars("val/epoch_s")] == pytest.approx([l["epoch_s"] for l in evals])
+    assert all(l["epoch_s"] > 0 for l in evals)
     assert "config" in acc.Tags()["tensors"] or "config/text_summary" in acc.Tags()["tensors"]
     pictures = acc.Images("val/kept_tokens")  # the kept-token grid of 4 validation images at each evaluation
     reductions = len(load_run(run)[0].sparse_tuning.sparsify_at)

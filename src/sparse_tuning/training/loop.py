@@ -136,6 +136,7 @@ class Trainer:
         self.evaluated_epoch = -1  # the last epoch whose evaluation finished
         self.skipped, self.images_read, self.step_images = 0, 0, 0
         self.stop_signal: Optional[int] = None
+        self.epoch_started: Optional[float] = None  # perf_counter at the start of the current epoch
         torch.manual_seed(cfg.seed)
         if resume:
             self._resume()
@@ -271,7 +272,10 @@ class Trainer:
         primary = self.task.primary
         if result[primary] > self.best[primary]:
             self.best = {primary: result[primary], "epoch": epoch}
-        self.metrics.write({"step": self.step_index, "epoch": epoch, "split": self.data.eval_split, **result})
+        # wall time of the epoch so far, its training and this evaluation (since a resume: its part of the epoch)
+        seconds = time.perf_counter() - self.epoch_started if self.epoch_started is not None else None
+        self.metrics.write({"step": self.step_index, "epoch": epoch, "split": self.data.eval_split, **result,
+                            **({"epoch_s": seconds} if seconds is not None else {})})
         if self.metrics.takes_images:
             self._kept_tokens_picture()
         return {"epoch": epoch, **result}
@@ -330,6 +334,7 @@ class Trainer:
                     and self.evaluated_epoch < epoch - 1:
                 final = self._end_epoch(epoch - 1, progress)  # stopped between its last step and its evaluation
             for epoch in range(epoch, cfg.epochs):
+                self.epoch_started = time.perf_counter()
                 loader, sampler = self.loader(epoch)
                 read_before = self.images_read
                 self.net.train()
