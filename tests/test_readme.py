@@ -153,3 +153,15 @@ def test_readme_segmentation_figures_are_in_the_benchmark_file():
         assert f"{statistics.mean(c[name]['miou']):.1f} ± {statistics.stdev(c[name]['miou']):.1f}" in readme, name
     assert f"{c['sparse-tuning@0.7']['infer_images_per_s']:.1f} img/s" in readme
     assert f"{b['da-only']['boundary']:.1f} with every token, {b['sparse-tuning@0.9']['boundary']:.1f} at 0.9" in readme
+
+
+def test_readme_deployment_figures_are_in_the_benchmark_file():
+    rows = json.loads((ROOT / "benchmarks" / "deploy" / "dinov2_s14" / "bench.json").read_text())["rows"]
+    by = {(r["method"], r["engine"], r["batch_size"]): r for r in rows}
+    st = lambda engine, batch: by[("sparse-tuning", engine, batch)]
+    readme = flat((ROOT / "README.md").read_text())
+    for figure in (f"{st('onnxruntime-int8', 32)['throughput_vs_dense_torch']:.2f}x the plain model's fp32 PyTorch",
+                   f"{st('onnxruntime-int8', 8)['throughput_vs_dense_torch']:.2f}x at batch 8",
+                   f"At batch 1 it runs at {st('onnxruntime-int8', 1)['throughput_vs_dense_torch']:.2f}x",
+                   f"{st('onnxruntime', 32)['throughput_vs_dense']:.2f}x (ONNX Runtime fp32)"):
+        assert figure in readme, figure

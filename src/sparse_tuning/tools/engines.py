@@ -145,16 +145,22 @@ def plot_engines(rows: list[dict[str, Any]], path: str | Path, title: str) -> No
 
     from ..files import atomic_path
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     colours = dict(zip(ENGINES, ("tab:gray", "tab:purple", "tab:blue", "tab:green")))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    markers = dict(zip(methods, "osv^Dp*"))
     for key in dict.fromkeys((r["method"], r["engine"]) for r in rows):
         line = sorted((r for r in rows if (r["method"], r["engine"]) == key), key=lambda r: r["batch_size"])
-        ax.plot([r["batch_size"] for r in line], [r["infer_images_per_s"] for r in line], marker="o",
+        ax.plot([r["batch_size"] for r in line], [r["infer_images_per_s"] for r in line], marker=markers[key[0]],
                 linestyle="--" if key[0] == DENSE else "-", color=colours[key[1]], label=f"{key[0]}, {key[1]}")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({r["batch_size"] for r in rows}), [str(b) for b in sorted({r["batch_size"] for r in rows})])
     ax.set_xlabel("batch size (images)")
     ax.set_ylabel("inference throughput (images/s)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title + " (colour: engine; marker: method; dashed: the plain model)", 90)),
+                 fontsize=8)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
