@@ -26,8 +26,12 @@ ENGINES = "torch,compiled,onnxruntime,onnxruntime-int8"
 METHODS = "sparse-tuning,lora+class-attention"
 
 
+ROOT = HERE.parents[1]
+
+
 def cli(*argv: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "sparse_tuning", *argv], capture_output=True, text=True)
+    """sparse-tuning ARGV from the repository root (a recorded command then names its files relative to it)."""
+    proc = subprocess.run([sys.executable, "-m", "sparse_tuning", *argv], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode:
         raise SystemExit(f"sparse-tuning {' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
     return proc.stdout
@@ -38,7 +42,7 @@ def bench(args: argparse.Namespace, model: str, out: Path, *extra: str) -> None:
         return
     cli("bench", "--model", model, "--img-size", "224", "--methods", METHODS, "--engine", ENGINES,
         "--batch-size", "1,8,32", "--threads", str(args.threads), "--rounds", str(args.rounds), "--keep-rate", "0.7",
-        "--out", str(out), *extra)
+        "--out", str(out.relative_to(ROOT)), *extra)
 
 
 def accuracy(args: argparse.Namespace) -> None:
@@ -74,6 +78,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--phases", type=lambda s: s.split(","), default=["vit-b", "dinov2", "accuracy"])
     args = p.parse_args()
+    # the commands run from the repository root: the user's paths, made absolute
+    args.weights, args.data, args.runs = str(Path(args.weights).resolve()), args.data.resolve(), args.runs.resolve()
     if "vit-b" in args.phases:
         bench(args, "vit_base_patch16_224", HERE / "vit_b16")
     if "dinov2" in args.phases:
