@@ -189,3 +189,15 @@ def make_eurosat(root: Path, classes: int = 3, per_class: int = 10) -> Path:
         for i in range(per_class):
             class_image(c, i, size=64).save(d / f"Land{c}_{i}.jpg")
     return root
+
+
+def train_micro_run(tmp: Path, *options: str, classes: int = 3, train: int = 4, val: int = 2) -> tuple[Path, Path]:
+    """A one-epoch run of the micro ViT (a seeded random backbone) on a folder of generated images:
+    (run folder, data folder)."""
+    from sparse_tuning.cli import main
+
+    folder = make_folder(tmp / "ds", classes=classes, train=train, val=val)
+    out = tmp / "run"
+    assert main(["train", "--model", "st_vit_micro_patch4_32", "--no-pretrained", "--data", f"folder:{folder}",
+                 "--out", str(out), "--epochs", "1", "--batch-size", "4", "--num-workers", "0", *options]) == 0
+    return out, folder

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from data_files import make_folder
+from data_files import train_micro_run
 
 from sparse_tuning.cli import main
 from sparse_tuning.tools.onnx_engine import OnnxModel, quantize
@@ -19,10 +19,7 @@ MODEL = "st_vit_micro_patch4_32"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("deploy")
-    folder = make_folder(tmp / "ds", classes=3, train=6, val=4)
-    out = tmp / "run"
-    assert main(["train", "--model", MODEL, "--no-pretrained", "--data", f"folder:{folder}", "--out", str(out),
-                 "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--lr", "0.01", "--keep-rate", "0.5"]) == 0
+    out, folder = train_micro_run(tmp, "--lr", "0.01", "--keep-rate", "0.5", train=6, val=4)
     onnx_file = tmp / "m.onnx"
     assert main(["export", "--run", str(out), "--format", "onnx", "--out", str(onnx_file)]) == 0
     return out, folder, onnx_file

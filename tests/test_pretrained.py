@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from data_files import make_folder
+from data_files import train_micro_run
 from safetensors import safe_open
 
 from sparse_tuning.cli import main
@@ -19,12 +19,7 @@ MODEL = "st_vit_micro_patch4_32"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pretrained")
-    folder = make_folder(tmp / "ds", classes=3, train=4, val=2)
-    out = tmp / "run"
-    assert main(["train", "--model", MODEL, "--no-pretrained", "--data", f"folder:{folder}", "--out", str(out),
-                 "--epochs", "1", "--batch-size", "4", "--num-workers", "0", "--keep-rate", "0.5"]) == 0
-    return out
+    return train_micro_run(tmp_path_factory.mktemp("pretrained"), "--keep-rate", "0.5")[0]
 
 
 def test_the_folder_holds_what_trained_a_fingerprint_and_a_card(run, tmp_path):

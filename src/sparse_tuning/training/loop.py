@@ -32,6 +32,8 @@ from .devices import autocast, compiled, resolve_device
 from .distill import Distillation
 from .distributed import EpochSampler, all_reduce_sum, init_distributed
 from .errors import Interrupted, TrainingError
+from .optimizer import param_groups
+from .stopping import StopOnSignal
 from .tasks import Classification, Task, backbone_of
 from .progress import CsvLog, MetricsLog, Progress, TensorBoardLog, WandbLog, opening_summary, schedule_warnings
 from ..text import count
@@ -47,25 +49,6 @@ def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> floa
         return peak * (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * t))
-
-
-def param_groups(model: nn.Module, weight_decay: float, head: tuple[nn.Parameter, ...] = (),
-                 head_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW's groups: weights decay, biases and norms do not; ``head``'s parameters (a task's
-    new head) in groups of their own whose learning rate is ``head_lr_scale`` times the schedule's."""
-    groups = {(False, True): [], (False, False): [], (True, True): [], (True, False): []}
-    in_head = {id(p) for p in head}
-    for p in model.parameters():
-        if p.requires_grad:
-            groups[(id(p) in in_head, p.ndim > 1)].append(p)
-    if not any(groups.values()):
-        raise TrainingError("the model has no trainable parameters")
-    out = [{"params": groups[(False, True)], "weight_decay": weight_decay},
-           {"params": groups[(False, False)], "weight_decay": 0.0}]
-    if in_head:
-        out += [{"params": groups[(True, True)], "weight_decay": weight_decay, "lr_scale": head_lr_scale},
-                {"params": groups[(True, False)], "weight_decay": 0.0, "lr_scale": head_lr_scale}]
-    return out
 
 
 class Trainer:
@@ -328,7 +311,7 @@ class Trainer:
             for line in opening_summary(self, about) + schedule_warnings(self.cfg):
                 progress.message(line)
         final: dict[str, Any] = {}
-        with _StopOnSignal(self):
+        with StopOnSignal(self):
             epoch = self.step_index // self.steps_per_epoch
             if self.step_index % self.steps_per_epoch == 0 and epoch > 0 and self._evaluates(epoch - 1) \
                     and self.evaluated_epoch < epoch - 1:
@@ -396,36 +379,6 @@ class Trainer:
         raise Interrupted(self.stop_signal, f"stopped by {signal.Signals(self.stop_signal).name} at step "
                           f"{self.step_index}, checkpoint saved; continue with: sparse-tuning train --resume "
                           f"{self.run_dir}")
-
-class _StopOnSignal:
-    """Within the block, the first SIGINT / SIGTERM only asks the trainer to stop after its step
-    (DataLoader workers ignore both: a Ctrl-C reaches the whole process group); a second one
-    interrupts at once. Only in the main thread, where Python delivers signals."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer, self.saved = trainer, {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.trainer.stop_signal is not None:
-            raise KeyboardInterrupt
-        self.trainer.stop_signal = signum
-        if self.trainer.d.main:
-            self.trainer.log(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-                             "(a second one stops at once)")
-
-    def __enter__(self) -> "_StopOnSignal":
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self.saved = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.saved.items():
-            signal.signal(s, handler)
-
 
 def train(model: nn.Module, data: ImageData, cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
           metadata: Optional[dict[str, str]] = None, log: Callable[[str], None] = print,
