@@ -89,6 +89,32 @@ def compare_to_reference(suite: dict[str, Any], tasks: dict[str, Any], batch: in
     return ref
 
 
+def devices(args) -> dict[str, int]:
+    """How many of the cells' runs ran on each device (cells from before the field: the CPU)."""
+    from collections import Counter
+
+    return dict(Counter(json.loads(p.read_text()).get("device", "cpu")
+                        for p in args.cells.glob("*/*/*.json")))
+
+
+def device_check(args) -> dict[str, Any] | None:
+    """The same runs (task, configuration, seed and learning rate) on the GPU (``args.cells``) and
+    on two CPU cores (``cells-cpu/`` beside them, where it exists): the difference in top-1, paired."""
+    other = args.cells.parent / "cells-cpu"
+    pairs = []
+    for cpu in sorted(other.glob("*/*/seed*.json")):
+        gpu = args.cells / cpu.relative_to(other)
+        if gpu.is_file():
+            a, b = json.loads(cpu.read_text()), json.loads(gpu.read_text())
+            if a["lr"] == b["lr"]:
+                pairs.append({"run": str(cpu.relative_to(other).with_suffix("")), "cpu": a["top1"], "gpu": b["top1"]})
+    if len(pairs) < 2:
+        return None
+    gpu, cpu = [p["gpu"] for p in pairs], [p["cpu"] for p in pairs]
+    return {"runs": len(pairs), "max_abs_difference": max(abs(p["gpu"] - p["cpu"]) for p in pairs),
+            **compare.paired_verdict(gpu, cpu), "pairs": pairs}
+
+
 def phase_report(args, argv: list[str]) -> None:
     tasks = collect(args)
     suite = suite_means(tasks, list(args.configs))
@@ -98,13 +124,14 @@ def phase_report(args, argv: list[str]) -> None:
                                  tasks=list(args.tasks), reference=ref,
                                  lr_choice="seed 0, train800 -> val200, the method's default x (1/3, 1, 3)",
                                  timing=f"{args.rounds} interleaved rounds, medians, fp32, CPU, random inputs; "
-                                        "the same for every task; a self-distilling step adds its teacher's "
+                                        "the same for every task; a distilling step adds its teacher's "
                                         "forward (the every-token model's inference at the same batch)")
     meta["command"] = "python benchmarks/suite/suite.py " + " ".join(argv)
     meta["planned_runs"] = sum(len(tasks_of(args, n)) * len(seeds_of(args, n)) for n in args.configs)
     meta["done_runs"] = sum(len(set(tasks[t]["methods"][n]["seeds"]) & set(seeds_of(args, n)))
                             for n in args.configs for t in tasks_of(args, n) if n in tasks[t]["methods"])
-    results = {"tasks": tasks, "suite": suite, "meta": meta}
+    meta["run_devices"] = devices(args)
+    results = {"tasks": tasks, "suite": suite, "meta": meta, "device_check": device_check(args)}
     compare.write_results(args.out, results, markdown(results), {"frontier.png": plot_frontier})
 
 
@@ -129,6 +156,9 @@ def markdown(results: dict[str, Any]) -> str:
              f"{meta['img_size']}x{meta['img_size']} input; per task {meta['train_samples']} training images and "
              f"a fixed held-out test split of {meta['eval_samples']}; {meta['epochs']} epochs, batch "
              f"{meta['batch_size']}; learning rate: {meta['lr_choice']}. Timing: {meta['timing']}.", "",
+             "Where the runs ran: " + ", ".join(f"{n} runs on {d}" for d, n in meta["run_devices"].items())
+             + " (accuracy does not depend on where a run ran beyond the device's arithmetic: see the check "
+             "below); the timing phase always runs on two CPU cores.", "",
              f"**{progress_text(results)}**", "",
              "Suite mean: per seed, the mean over the tasks; then mean ± sd over seeds. The last column is the "
              + (f"paired difference to **{ref}** (the best parameter-efficient configuration that keeps every "
@@ -138,8 +168,9 @@ def markdown(results: dict[str, Any]) -> str:
              "evidence of equality). The reference is picked on these same test results, which favours it: "
              "every other row's difference is, if anything, understated. A configuration without every task has "
              "no suite mean. Costs come from the timing phase: a random keep rate's training step is timed at "
-             "the keep rate it evaluates at (its draws average more tokens, so it trains a little slower), and a "
-             "self-distilling step adds its teacher's forward.", "",
+             "the keep rate it evaluates at (its draws average more tokens, so it trains a little slower; an "
+             "annealed keep rate's first epochs likewise run more tokens), and a distilling step adds its "
+             "teacher's forward (the every-token model's for self-distillation, the LoRA run's for a teacher).", "",
              "| configuration | every token | suite top-1 | seeds | " + " | ".join(tasks) +
              f" | GFLOPs | img/s (b{meta['batch_size']}) | img/s (b1) | train s/epoch | vs reference |",
              "|---|:-:|---:|---:|" + "---:|" * len(tasks) + "---:|---:|---:|---:|---|"]
@@ -165,6 +196,13 @@ def markdown(results: dict[str, Any]) -> str:
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{t['methods'][name]['lr']:g}" if name in t["methods"] else "—"
                                                  for t in tasks.values()) + " |")
+    check = results.get("device_check")
+    if check:
+        lines += ["", f"The same runs on two CPU cores and on the GPU ({check['runs']} seed runs that chose the same "
+                  "learning rate on both): the GPU's top-1 differs by "
+                  f"{check['mean_difference']:+.2f} ± {check['sd']:.2f} points on average (paired t-test: "
+                  f"{check['verdict']}), at most {check['max_abs_difference']:.2f} in one run. The CPU cells are in "
+                  "`cells-cpu/`."]
     return "\n".join(lines) + "\n"
 
 
@@ -184,7 +222,8 @@ def plot_frontier(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks, suite, meta = results["tasks"], results["suite"], results["meta"]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 6))
+    points = []
     for name, s in suite.items():
         m = next(t["methods"][name] for t in tasks.values())
         dense = m["keeps_every_token"]
@@ -192,15 +231,41 @@ def plot_frontier(results: dict[str, Any], path: Path) -> None:
         sd = s["top1_sd"] if math.isfinite(s["top1_sd"]) else 0
         ax.errorbar(x, s["top1_mean"], yerr=sd, fmt="o" if dense else "^", capsize=4,
                     color="tab:blue" if dense else "tab:orange", markersize=7)
-        ax.annotate(name, (x, s["top1_mean"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
-    ax.margins(x=0.3)  # room for the labels
+        points.append((x, s["top1_mean"], name))
+    short = lambda name: name.replace("sparse-tuning", "ST").replace("class-attention", "CA")
+    for (x, y, name), label_y in zip(points, spread_labels(points, near=15)):
+        ax.annotate(short(name), (x, y), xytext=(x + 1.5, label_y), fontsize=7, va="center",
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
+    ax.margins(x=0.35)  # room for the labels
     ax.errorbar([], [], fmt="o", color="tab:blue", label="keeps every token")
     ax.errorbar([], [], fmt="^", color="tab:orange", label="reduces tokens")
     ax.set_xlabel(f"inference throughput, batch {meta['batch_size']} (images/s, {meta['img_size']}x{meta['img_size']}, 2 CPU cores)")
     ax.set_ylabel(f"suite top-1 (%), mean over {len(tasks)} tasks")
-    ax.set_title(f"Accuracy vs throughput on the suite ({MODEL}); error bars: sd over seeds", fontsize=9)
+    ax.set_title(f"Accuracy vs throughput on the suite ({MODEL}); error bars: sd over seeds\n"
+                 "ST: Sparse-Tuning, CA: class-attention token reduction, @: keep rate", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def spread_labels(points: list[tuple[float, float, str]], near: float) -> list[float]:
+    """A label height per point: points within ``near`` images/s of each other share a column of
+    labels, kept apart by a fifteenth of the accuracy range, each as close to its point as that allows."""
+    ys = [y for _, y, _ in points]
+    gap = (max(ys) - min(ys)) / 15 or 0.2
+    heights = list(ys)
+    order = sorted(range(len(points)), key=lambda i: points[i][0])
+    columns, column = [], []
+    for i in order:
+        if column and points[i][0] - points[column[0]][0] > near:
+            columns.append(column)
+            column = []
+        column.append(i)
+    columns.append(column)
+    for column in columns:
+        column.sort(key=lambda i: -ys[i])
+        for above, i in zip(column, column[1:]):
+            heights[i] = min(heights[i], heights[above] - gap)
+    return heights

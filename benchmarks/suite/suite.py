@@ -60,6 +60,13 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "lora+class-attention@0.7+dense-trained": ("lora", {}, {"reduce_at_inference": {"keep_rate": 0.7}}),
     "sparse-tuning+class-attention@0.7+keep-random@0.5": ("sparse-tuning", {"keep_rate": 0.7},
                                                           {"keep_rate_random": 0.5}),
+    # The keep rate annealed from 1 to 0.7 over the first two of the four epochs.
+    "sparse-tuning+class-attention@0.7+keep-anneal@2": ("sparse-tuning", {"keep_rate": 0.7},
+                                                        {"keep_rate_warmup": 2.0}),
+    # Distilled from a trained run: the LoRA run (every token) of the same task and seed as teacher.
+    "sparse-tuning+class-attention@0.7+teacher-lora": ("sparse-tuning", {"keep_rate": 0.7}, {"teacher_from": "lora"}),
+    "lora+class-attention@0.7+teacher-lora": ("lora", {"reduction": "class-attention", "keep_rate": 0.7},
+                                              {"teacher_from": "lora"}),
     "da-only": ("da-only", {}, {}),
     "linear": ("linear", {}, {}),
     "sparse-tuning+tome@r4": ("sparse-tuning", {"reduction": "tome", "tome_r": [4]}, {}),
@@ -78,7 +85,10 @@ FIVE_SEEDS = ("sparse-tuning+class-attention@0.7", "lora", "lora+class-attention
 SAME_LR_AS = {"sparse-tuning+class-attention@0.7+crop-flip": "sparse-tuning+class-attention@0.7",
               "sparse-tuning+class-attention@0.7+self-distill": "sparse-tuning+class-attention@0.7",
               "sparse-tuning+class-attention@0.7+keep-random@0.5": "sparse-tuning+class-attention@0.7",
+              "sparse-tuning+class-attention@0.7+keep-anneal@2": "sparse-tuning+class-attention@0.7",
+              "sparse-tuning+class-attention@0.7+teacher-lora": "sparse-tuning+class-attention@0.7",
               "lora+class-attention@0.7+self-distill": "lora+class-attention@0.7",
+              "lora+class-attention@0.7+teacher-lora": "lora+class-attention@0.7",
               "lora+class-attention@0.7+dense-trained": "lora"}
 # Configurations whose runs are another's, evaluated otherwise (no training of their own).
 EVALUATES = {"lora+class-attention@0.7+dense-trained": "lora"}
@@ -90,30 +100,40 @@ BENCH_ROW = {"sparse-tuning+class-attention@0.7": "sparse-tuning", "lora": "lora
              "sparse-tuning+class-attention@0.7+crop-flip": "sparse-tuning",
              "sparse-tuning+class-attention@0.7+self-distill": "sparse-tuning",
              "sparse-tuning+class-attention@0.7+keep-random@0.5": "sparse-tuning",
+             "sparse-tuning+class-attention@0.7+keep-anneal@2": "sparse-tuning",
+             "sparse-tuning+class-attention@0.7+teacher-lora": "sparse-tuning",
+             "lora+class-attention@0.7+teacher-lora": "lora+class-attention",
              "lora+class-attention@0.7+self-distill": "lora+class-attention",
              "lora+class-attention@0.7+dense-trained": "lora+class-attention"}
 # A distilling configuration's step also runs its teacher: the every-token model's forward, timed
 # as that model's inference at the same batch and added to the step.
 TEACHER_ROW = {"sparse-tuning+class-attention@0.7+self-distill": "da-only",
-               "lora+class-attention@0.7+self-distill": "lora"}
+               "lora+class-attention@0.7+self-distill": "lora",
+               "sparse-tuning+class-attention@0.7+teacher-lora": "lora",
+               "lora+class-attention@0.7+teacher-lora": "lora"}
 # A configuration trained like another has that one's training cost.
 TRAINED_AS = {"lora+class-attention@0.7+dense-trained": "lora"}
 
 
-def run_config(args: argparse.Namespace, name: str, data: str, seed: int, lr: float) -> Any:
+def run_config(args: argparse.Namespace, name: str, task: str, seed: int, lr: float, split: str = "") -> Any:
+    """The run of configuration ``name`` on ``task`` (``split`` "-lr": its train800 / val200 copy)."""
     from sparse_tuning.training.config import resolve_config
 
     method, fields, options = CONFIGS[name]
+    train = {k: v for k, v in options.items() if k in TRAIN_OPTIONS}
+    if "teacher_from" in options:  # the teacher's run: same task and seed (source_run trains it first)
+        train["teacher"] = str(args.runs / task / options["teacher_from"] / f"seed{seed}")
     return resolve_config({
-        "model": MODEL, "weights": args.weights, "img_size": args.img_size, "data": data, "method": method,
+        "model": MODEL, "weights": args.weights, "img_size": args.img_size,
+        "data": f"folder:{Path(args.tasks_root) / (task + split)}", "method": method,
         "sparse_tuning": dict(fields), "augment": options.get("augment", "none"),
         "train_samples": args.train_samples, "eval_samples": args.train_samples and 2 * args.train_samples,
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": lr, "weight_decay": 1e-4,
                   "seed": seed, "num_workers": 0, "log_every": 1000, "eval_batch_size": 128,
-                  "eval_every": args.epochs, **{k: v for k, v in options.items() if k in TRAIN_OPTIONS}}})
+                  "eval_every": args.epochs, **train}})
 
 
-TRAIN_OPTIONS = ("self_distill", "keep_rate_random")
+TRAIN_OPTIONS = ("self_distill", "keep_rate_random", "keep_rate_warmup")
 
 
 def default_lr(name: str) -> float:
@@ -141,7 +161,7 @@ def train_cell(args: argparse.Namespace, cell: Path, run: Path, cfg: Any) -> dic
     else:
         results = train_run(cfg, run, log=lambda line: None)
     record = {"top1": results["final"]["top1"], "images": results["final"]["images"], "lr": cfg.train.lr,
-              "seed": cfg.train.seed, "wall_s": round(time.perf_counter() - start, 1)}
+              "seed": cfg.train.seed, "wall_s": round(time.perf_counter() - start, 1), "device": device_name()}
     cell.parent.mkdir(parents=True, exist_ok=True)
     cell.write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -156,31 +176,43 @@ def stale(run: Path, cfg: Any) -> bool:
     return any(then.get(k) != v for k, v in now.items() if k not in ("num_classes", "classes"))
 
 
+def device_name() -> str:
+    """Where this process trains (device auto): the GPU's name, or cpu."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def source_run(args: argparse.Namespace, task: str, source: str, seed: int) -> tuple[Path, float | None]:
+    """The trained run of configuration ``source`` at ``seed`` (a teacher, or a run evaluated
+    otherwise), trained again where its scratch folder is gone: the same seed trains the same
+    model up to the device's arithmetic. Returns it and the top-1 of a retraining (None if none)."""
+    run = args.runs / task / source / f"seed{seed}"
+    if (run / "trainable.safetensors").is_file():
+        return run, None
+    cfg = run_config(args, source, task, seed, chosen_lr(args, task, source))
+    source_cell = args.cells / task / source / f"seed{seed}.json"
+    kept = source_cell.read_text() if source_cell.is_file() else None
+    source_cell.unlink(missing_ok=True)  # trained again here: the recorded result stays, the new one is noted
+    try:
+        return run, train_cell(args, source_cell, run, cfg)["top1"]
+    finally:  # an interrupted retraining must not lose the recorded cell
+        if kept is not None:
+            source_cell.write_text(kept)
+
+
 def evaluate_cell(args: argparse.Namespace, task: str, name: str, seed: int, lr: float) -> dict[str, Any]:
-    """A trained-dense run (its own cell's run, trained again where its folder is gone: the same
-    seed trains the same model) evaluated with the reduction of ``name``."""
+    """A trained-dense run (its own cell's run) evaluated with the reduction of ``name``."""
     from sparse_tuning.training.run import eval_run
 
     source = EVALUATES[name]
-    run = args.runs / task / source / f"seed{seed}"
-    source_cell = args.cells / task / source / f"seed{seed}.json"
-    if not (run / "trainable.safetensors").is_file():
-        cfg = run_config(args, source, f"folder:{Path(args.tasks_root) / task}", seed, lr)
-        kept = source_cell.read_text() if source_cell.is_file() else None
-        source_cell.unlink(missing_ok=True)  # trained again here: the recorded result stays, the new one is noted
-        try:
-            again = train_cell(args, source_cell, run, cfg)["top1"]
-        finally:  # an interrupted retraining must not lose the recorded cell
-            if kept is not None:
-                source_cell.write_text(kept)
-    else:
-        again = None
+    run, again = source_run(args, task, source, seed)
     start = time.perf_counter()
     reduction = CONFIGS[name][2]["reduce_at_inference"]
-    result = eval_run(run, keep_rate=reduction["keep_rate"], reduction="class-attention", device="cpu", write=False)
+    result = eval_run(run, keep_rate=reduction["keep_rate"], reduction="class-attention", write=False)
     record = {"top1": result["top1"], "images": result["images"], "lr": lr, "seed": seed,
-              "wall_s": round(time.perf_counter() - start, 1), "evaluates": f"{source} seed {seed}",
-              **({"source_trained_again_top1": again} if again is not None else {})}
+              "wall_s": round(time.perf_counter() - start, 1), "device": device_name(),
+              "evaluates": f"{source} seed {seed}", **({"source_trained_again_top1": again} if again is not None else {})}
     cell = args.cells / task / name / f"seed{seed}.json"
     cell.parent.mkdir(parents=True, exist_ok=True)
     cell.write_text(json.dumps(record, indent=1) + "\n")
@@ -194,7 +226,7 @@ def chosen_lr(args: argparse.Namespace, task: str, name: str) -> float:
     tried = {}
     for factor in LR_FACTORS:
         lr = float(f"{base * factor:.3g}")
-        cfg = run_config(args, source, f"folder:{Path(args.tasks_root) / f'{task}-lr'}", 0, lr)
+        cfg = run_config(args, source, task, 0, lr, split="-lr")
         cell = args.cells / task / source / f"lr-{lr:g}.json"
         tried[lr] = train_cell(args, cell, args.runs / task / source / f"lr-{lr:g}", cfg)["top1"]
     best = max(tried.values())
@@ -209,7 +241,75 @@ def tasks_of(args: argparse.Namespace, name: str) -> list[str]:
     return [t for t in args.tasks if t in ONLY_TASKS.get(name, args.tasks)]
 
 
-def phase_runs(args: argparse.Namespace) -> None:
+def stages(args: argparse.Namespace) -> list[list[tuple[str, str]]]:
+    """The runs as (task, configuration) units in two stages for --jobs: first each configuration
+    that chooses its own learning rate, then those that reuse another's learning rate, teacher or
+    runs. Units of a stage share no run folder, so they can run at the same time."""
+    def unit(name):
+        return [(task, name) for task in tasks_of(args, name)]
+    # longest first: five seeds before three, full fine-tuning (a backward through the backbone) early
+    cost = lambda n: (len(seeds_of(args, n)) + len(LR_FACTORS)) * (2 if CONFIGS[n][0] == "full" else 1)
+    first = [u for n in sorted((n for n in args.configs if n not in SAME_LR_AS), key=cost, reverse=True)
+             for u in unit(n)]
+    second_names = [n for n in args.configs if n in SAME_LR_AS]
+    second = [u for n in second_names for u in unit(n)]
+    # a source (of a learning rate, a teacher or runs) that was not asked for would be trained by
+    # every unit that needs it, at the same time: it goes first, as a unit of its own
+    sources = {SAME_LR_AS[n] for n in second_names} | {CONFIGS[n][2]["teacher_from"] for n in second_names
+                                                     if "teacher_from" in CONFIGS[n][2]}
+    first += [u for n in sorted(sources - set(args.configs)) for u in unit(n)]
+    return [first, second]
+
+
+def phase_runs_parallel(args: argparse.Namespace, argv: list[str]) -> None:
+    """--jobs N: N processes of this script at a time, one unit (task, configuration) each, every
+    process one thread (a GPU is shared by them); each unit's output goes to RUNS/logs/."""
+    import os
+    import subprocess
+
+    logs = args.runs / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    base = strip_options(argv, ("--tasks", "--configs", "--phases", "--jobs"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    failed = []
+    for number, stage in enumerate(stages(args), 1):
+        pending, running = list(stage), []
+        print(f"[runs] stage {number}: {len(stage)} units, {args.jobs} at a time", flush=True)
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                task, name = pending.pop(0)
+                log = open(logs / f"{task}.{name}.log", "a")
+                command = [sys.executable, str(Path(__file__).resolve()), *base, "--tasks", task, "--configs", name,
+                           "--phases", "runs"]
+                running.append(((task, name), subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log))
+            time.sleep(1)
+            for item in [r for r in running if r[1].poll() is not None]:
+                running.remove(item)
+                item[2].close()
+                status = "done" if item[1].returncode == 0 else f"FAILED ({item[1].returncode}; see its log)"
+                print(f"        {item[0][0]} {item[0][1]}: {status}", flush=True)
+                if item[1].returncode:
+                    failed.append(item[0])
+    if failed:
+        raise SystemExit(f"{len(failed)} units failed: {failed}")
+
+
+def strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the options ``names`` and their values (as --name value or --name=value)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = True
+        elif not a.startswith(tuple(n + "=" for n in names)):
+            out.append(a)
+    return out
+
+
+def phase_runs(args: argparse.Namespace, argv: list[str]) -> None:
+    if args.jobs > 1:
+        return phase_runs_parallel(args, argv)
     for name in args.configs:
         for task in tasks_of(args, name):
             for seed in seeds_of(args, name):
@@ -221,7 +321,9 @@ def phase_runs(args: argparse.Namespace) -> None:
                 if name in EVALUATES:
                     record = evaluate_cell(args, task, name, seed, lr)
                 else:
-                    cfg = run_config(args, name, f"folder:{Path(args.tasks_root) / task}", seed, lr)
+                    if "teacher_from" in CONFIGS[name][2]:
+                        source_run(args, task, CONFIGS[name][2]["teacher_from"], seed)
+                    cfg = run_config(args, name, task, seed, lr)
                     record = train_cell(args, cell, args.runs / task / name / f"seed{seed}", cfg)
                 print(f"        top-1 {record['top1']:.2f} in {record['wall_s']:.0f} s", flush=True)
 
@@ -265,6 +367,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds-five", type=int, default=5, help=f"seeds for {', '.join(FIVE_SEEDS)}")
     p.add_argument("--rounds", type=int, default=6, help="timed rounds per configuration")
     p.add_argument("--phases", default="runs,time,report")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each (a GPU or many cores)")
     p.add_argument("--quick", action="store_true", help="a smoke test of every phase (see the top of this file)")
 
 
@@ -279,12 +382,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown configuration or task {unknown[0]!r}")
     if args.quick:  # everything under --runs: a smoke test never touches the committed cells
-        args.tasks = args.tasks[:1]
-        args.configs = ["sparse-tuning+class-attention@0.7", "lora", "sparse-tuning+class-attention@0.7+self-distill",
-                        "lora+class-attention@0.7+dense-trained"]
+        if "--tasks" not in argv:  # (a --jobs unit names its own)
+            args.tasks = args.tasks[:1]
+        if "--configs" not in argv:
+            args.configs = ["sparse-tuning+class-attention@0.7", "lora", "sparse-tuning+class-attention@0.7+self-distill",
+                            "lora+class-attention@0.7+dense-trained"]
         args.epochs, args.train_samples, args.seeds, args.seeds_five, args.rounds = 1, 64, 1, 2, 1
         args.cells, args.out = args.runs / "cells", args.runs / "report"
-    return compare.run_phases(args, argv, {"runs": lambda a, _: phase_runs(a), "time": lambda a, _: phase_time(a),
+    return compare.run_phases(args, argv, {"runs": phase_runs, "time": lambda a, _: phase_time(a),
                                            "report": phase_report})
 
 
