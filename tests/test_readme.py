@@ -165,3 +165,72 @@ def test_readme_deployment_figures_are_in_the_benchmark_file():
                    f"At batch 1 it runs at {st('onnxruntime-int8', 1)['throughput_vs_dense_torch']:.2f}x",
                    f"{st('onnxruntime', 32)['throughput_vs_dense']:.2f}x (ONNX Runtime fp32)"):
         assert figure in readme, figure
+
+
+def suite_results():
+    return json.loads((ROOT / "benchmarks" / "suite" / "results.json").read_text())
+
+
+def test_readme_suite_table_is_recomputed_from_the_committed_cells():
+    """Each row of the README's suite table: the suite mean (per seed over the tasks, then over
+    seeds) recomputed from the cells, and the paired t-test against LoRA recomputed with scipy."""
+    import statistics
+
+    from scipy import stats
+
+    cells = ROOT / "benchmarks" / "suite" / "cells"
+    results = suite_results()
+    tasks = list(results["tasks"])
+
+    def per_seed(name):
+        by_task = [{json.loads(p.read_text())["seed"]: json.loads(p.read_text())["top1"]
+                    for p in (cells / task / name).glob("seed*.json")} for task in tasks]
+        seeds = sorted(set.intersection(*(set(t) for t in by_task)))
+        return {s: statistics.mean(t[s] for t in by_task) for s in seeds}
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Across tasks", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| ([a-z@0-9.+-]+) \| ([\d.]+) ± ([\d.]+) \| (\d+) \| (.+?) \|$", section, re.M)
+    assert len(rows) >= 8
+    reference = per_seed("lora")
+    for name, mean, sd, speed, versus in rows:
+        mine = per_seed(name)
+        assert f"{statistics.mean(mine.values()):.1f}" == mean and f"{statistics.stdev(mine.values()):.1f}" == sd, name
+        assert f"{results['tasks'][tasks[0]]['methods'][name]['infer_images_per_s']['32']:.0f}" == speed, name
+        if name == "lora":
+            assert versus == "reference"
+            continue
+        common = [s for s in mine if s in reference]
+        diff = [mine[s] - reference[s] for s in common]
+        p = stats.ttest_rel([mine[s] for s in common], [reference[s] for s in common]).pvalue
+        verdict = ("lower" if statistics.mean(diff) < 0 else "higher") if p < 0.05 else "tie"
+        assert versus == f"{statistics.mean(diff):+.2f} ± {statistics.stdev(diff):.2f}: {verdict}", name
+
+
+def test_readme_suite_claims_are_the_committed_results():
+    results = suite_results()
+    suite, recovery = results["suite"], results["recovery"]
+    readme = flat((ROOT / "README.md").read_text())
+    notes = flat((ROOT / "benchmarks" / "suite" / "README.md").read_text())
+    teacher = suite["lora+class-attention@0.7+teacher-lora"]["vs_reference"]
+    alone = suite["lora+class-attention@0.7"]["vs_reference"]
+    assert teacher["verdict"] == "lower" and alone["verdict"] == "tie"
+    for text in (readme, notes):
+        assert f"{-teacher['mean_difference']:.2f} ± {teacher['sd']:.2f} points below LoRA" in text
+        assert f"{-alone['mean_difference']:.2f} ± {alone['sd']:.2f} below" in text
+        assert f"at {teacher['throughput_ratio']:.2f}x" in text
+    for option in ("sparse-tuning+class-attention@0.7+teacher-lora", "lora+class-attention@0.7+teacher-lora",
+                   "sparse-tuning+class-attention@0.7+keep-anneal@2", "sparse-tuning+class-attention@0.7+keep-random@0.5"):
+        assert recovery[option]["verdict"] == "tie", option  # "the recovery options buy nothing here"
+    for option in ("sparse-tuning+class-attention@0.7+self-distill", "lora+class-attention@0.7+self-distill",
+                   "lora+class-attention@0.7+dense-trained"):
+        assert recovery[option]["verdict"] == "lower", option
+    assert f"costs {-recovery['lora+class-attention@0.7+dense-trained']['mean_difference']:.1f} points" in readme
+    log = (ROOT / "benchmarks" / "suite" / "gpu-run.log").read_text()
+    seconds = re.search(r"^suite: (\d+) s$", log, re.M).group(1)
+    assert f"{seconds} s on one H200 GPU" in readme and f"the whole suite took {seconds} s" in notes
+    runs = sum(1 for _ in (ROOT / "benchmarks" / "suite" / "cells").glob("*/*/*.json"))
+    assert f"{runs} runs" in readme and f"The whole suite is {runs} runs" in notes
+    defaults = json.loads((ROOT / "benchmarks" / "suite" / "defaults.json").read_text())["runs"]
+    gaps = [abs(r["suite_recipe"]["top1_mean"] - r["top1"]) for r in defaults.values() if r.get("suite_recipe")]
+    assert len(gaps) == 4 and f"within {max(gaps):.1f} points of the suite's own recipe" in readme

@@ -19,7 +19,7 @@ from typing import Any
 
 import compare
 from sparse_tuning.text import count
-from suite import BENCH_ROW, CONFIGS, MODEL, ONLY_TASKS, TEACHER_ROW, TRAINED_AS, seeds_of, tasks_of
+from suite import BENCH_ROW, CONFIGS, MODEL, ONLY_TASKS, SAME_LR_AS, TEACHER_ROW, TRAINED_AS, seeds_of, tasks_of
 
 
 def keeps_every_token(name: str) -> bool:
@@ -115,6 +115,30 @@ def device_check(args) -> dict[str, Any] | None:
             **compare.paired_verdict(gpu, cpu), "pairs": pairs}
 
 
+def paired(suite: dict[str, Any], name: str, other: str) -> dict[str, Any] | None:
+    """``name``'s suite mean against ``other``'s, seed by seed over the seeds both have."""
+    if name not in suite or other not in suite:
+        return None
+    a, b = suite[name], suite[other]
+    common = [x for x in a["seeds"] if x in b["seeds"]]
+    if len(common) < 2:
+        return None
+    mine = [a["per_seed"][a["seeds"].index(x)] for x in common]
+    theirs = [b["per_seed"][b["seeds"].index(x)] for x in common]
+    return {"seeds": common, **compare.paired_verdict(mine, theirs)}
+
+
+def recovery(suite: dict[str, Any]) -> dict[str, Any]:
+    """Each recovery option against the configuration it modifies (the one whose learning rate it
+    reuses; the augmentation check has no suite mean and is left to its task columns)."""
+    out = {}
+    for name, base in SAME_LR_AS.items():
+        verdict = paired(suite, name, base)
+        if verdict:
+            out[name] = {"modifies": base, **verdict}
+    return out
+
+
 def phase_report(args, argv: list[str]) -> None:
     tasks = collect(args)
     suite = suite_means(tasks, list(args.configs))
@@ -131,7 +155,8 @@ def phase_report(args, argv: list[str]) -> None:
     meta["done_runs"] = sum(len(set(tasks[t]["methods"][n]["seeds"]) & set(seeds_of(args, n)))
                             for n in args.configs for t in tasks_of(args, n) if n in tasks[t]["methods"])
     meta["run_devices"] = devices(args)
-    results = {"tasks": tasks, "suite": suite, "meta": meta, "device_check": device_check(args)}
+    results = {"tasks": tasks, "suite": suite, "meta": meta, "recovery": recovery(suite),
+               "device_check": device_check(args)}
     compare.write_results(args.out, results, markdown(results), {"frontier.png": plot_frontier})
 
 
@@ -196,6 +221,15 @@ def markdown(results: dict[str, Any]) -> str:
     for name in names:
         lines.append(f"| {name} | " + " | ".join(f"{t['methods'][name]['lr']:g}" if name in t["methods"] else "—"
                                                  for t in tasks.values()) + " |")
+    if results.get("recovery"):
+        lines += ["", "Each recovery option against the configuration it modifies (suite means, paired by seed, "
+                  "t-test at 95%; *tie*: inside the seed noise):", "",
+                  "| option | modifies | difference (points) | verdict | train s/epoch, the option vs without |",
+                  "|---|---|---:|---|---:|"]
+        for name, r in results["recovery"].items():
+            cost = lambda n: first[n]["train_s_per_epoch"] if n in first else float("nan")
+            lines.append(f"| {name} | {r['modifies']} | {r['mean_difference']:+.2f} ± {r['sd']:.2f} | "
+                         f"{r['verdict']} | {cost(name):.1f} vs {cost(r['modifies']):.1f} |")
     check = results.get("device_check")
     if check:
         lines += ["", f"The same runs on two CPU cores and on the GPU ({check['runs']} seed runs that chose the same "
