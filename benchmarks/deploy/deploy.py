@@ -62,7 +62,9 @@ def accuracy(args: argparse.Namespace) -> None:
             *(("--quantize", quantize) if quantize else ()))
         printed = cli("eval", "--model-file", str(path), "--data", f"folder:{args.data}", "--threads", str(args.threads))
         rows[name] = float(printed.split("top-1 ")[1].split()[0])
-    out.write_text(json.dumps({"run": str(run), "top1": rows, "test_images": 2000}, indent=1) + "\n")
+    out.write_text(json.dumps({"run": run.name, "top1": rows, "test_images": 2000,
+                               "note": "pytorch fp32 is the run's own final evaluation (results.json), on the device "
+                                       "it trained on; the ONNX rows are evaluated here, on the CPU"}, indent=1) + "\n")
     lines = ["| engine | top-1 (%) | vs the run |", "|---|---:|---:|"]
     base = rows["pytorch fp32 (the run)"]
     lines += [f"| {k} | {v:.2f} | {v - base:+.2f} |" for k, v in rows.items()]

@@ -27,6 +27,11 @@ Phases (each skips what is done; --phases picks them):
           task (one input size, ten classes); run it on a quiet machine
   report  results.json, results.md (suite means, paired tests) and frontier.png
 
+--jobs N: N runs at a time, each its own process of one thread (several on one GPU, or one per
+core): units of a task and a configuration, in two stages (first the configurations that choose
+their own learning rate, then those that reuse another's rate, teacher or runs). The committed
+cells were made with --jobs 13 on one H200 in 544 s (gpu-run.log).
+
 --quick: one task, four configurations (two of them recovery options), one epoch of 64 images, one seed: a smoke test of the
 whole pipeline in a few minutes (written under --runs, never over the committed results).
 """

@@ -4,8 +4,8 @@ reduced model's logits towards a teacher's, beside the cross-entropy.
 - self-distillation (``self_distill``, after DyT's teacher): the teacher is the same model with
   every token kept, in evaluation mode, computed under ``no_grad`` in the same step: the reduced
   pass learns what the full pass would say, at the cost of one more forward (no backward) per
-  step. Unlike DyT, the full pass gets no cross-entropy of its own, so early in training it
-  teaches an untrained prediction: on the suite (benchmarks/suite) it costs 5-6 points;
+  step. The full pass gets no cross-entropy of its own, so early in training it teaches an
+  untrained prediction: on the suite (benchmarks/suite) it costs 5-6 points;
 - a trained run as teacher (``teacher``: any method's run folder, e.g. LoRA on every token),
   frozen, in evaluation mode, also under ``no_grad``.
 
