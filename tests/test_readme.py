@@ -234,3 +234,28 @@ def test_readme_suite_claims_are_the_committed_results():
     defaults = json.loads((ROOT / "benchmarks" / "suite" / "defaults.json").read_text())["runs"]
     gaps = [abs(r["suite_recipe"]["top1_mean"] - r["top1"]) for r in defaults.values() if r.get("suite_recipe")]
     assert len(gaps) == 4 and f"within {max(gaps):.1f} points of the suite's own recipe" in readme
+
+
+def test_readme_vit_b_and_int8_accuracy_figures_are_in_the_benchmark_files():
+    rows = json.loads((ROOT / "benchmarks" / "deploy" / "vit_b16" / "bench.json").read_text())["rows"]
+    by = {(r["method"], r["engine"], r["batch_size"]): r for r in rows}
+    st = lambda engine, batch: by[("sparse-tuning", engine, batch)]
+    readme = flat((ROOT / "README.md").read_text())
+    flop_ratio = by[("dense", "torch", 1)]["gflops"] / st("torch", 1)["gflops"]
+    latency = {e: by[("dense", e, 1)]["latency_p50_ms"] / st(e, 1)["latency_p50_ms"]
+               for e in ("torch", "compiled", "onnxruntime", "onnxruntime-int8")}
+    within = {e for e, r in latency.items() if abs(r / flop_ratio - 1) <= 0.10}
+    assert within == {"compiled", "onnxruntime"}  # what the README says is and is not within 10%
+    for figure in (f"{st('onnxruntime-int8', 1)['throughput_vs_dense_torch']:.2f}x the plain fp32 PyTorch model at batch 1",
+                   f"{st('onnxruntime-int8', 32)['throughput_vs_dense_torch']:.2f}x at batch 32",
+                   f"{latency['compiled']:.2f}x compiled and {latency['onnxruntime']:.2f}x in fp32 ONNX Runtime",
+                   f"the {flop_ratio:.2f}x GFLOPs ratio",
+                   f"{latency['torch']:.2f}x in eager PyTorch and {latency['onnxruntime-int8']:.2f}x in int8"):
+        assert figure in readme, figure
+    top1 = json.loads((ROOT / "benchmarks" / "deploy" / "accuracy.json").read_text())["top1"]
+    run = top1["pytorch fp32 (the run)"]
+    dynamic, static = top1["onnxruntime int8 (dynamic)"], top1["onnxruntime int8-static"]
+    assert f"fp32 ONNX Runtime {top1['onnxruntime fp32']:.2f}% against the run's {run:.2f}%" in readme
+    assert f"dynamic int8 {dynamic:.2f}% ({dynamic - run:+.2f} points), static int8 {static:.2f}% " \
+           f"({static - run:+.2f})" in readme
+    assert run - dynamic <= 0.5 < run - static  # why dynamic is what --quantize int8 means
