@@ -32,7 +32,16 @@ def train(args: argparse.Namespace, task: str, name: str) -> None:
 
 
 def report() -> str:
+    import platform
+    import time
+
+    import torch
+
     lines = ["# The learning-rate grid, one value wider", "",
+             "`python benchmarks/suite/lr_wider.py --weights dinov2_vits14.safetensors --tasks-root /tmp/suite-data "
+             "--runs /tmp/suite-runs --jobs 2`", "",
+             f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, two CPU cores (two runs of one thread at a time), "
+             f"torch {torch.__version__}; the protocol of suite.py.", "",
              "Validation top-1 (%) on each task's 200 validation images after training on its 800 (seed 0); the "
              "first three columns are the suite's grid (`cells/`), the last is 10x the default (`lr-wider/`).", "",
              "| configuration | task | 1/3x | 1x | 3x | 10x |", "|---|---|---:|---:|---:|---:|"]
