@@ -177,13 +177,14 @@ def markdown(results: dict[str, Any]) -> str:
     ref = meta["reference"]
     lines = [f"# The suite: {MODEL} (real DINOv2 weights) on {len(tasks)} tasks", "",
              f"`{meta['command']}`", "",
-             f"{meta['date']}, {meta['machine']}, torch {meta['torch']}, timm {meta['timm']}. "
+             f"Report and timing: {meta['date']}, {meta['machine']}, torch {meta['torch']}, timm {meta['timm']}. "
              f"{meta['img_size']}x{meta['img_size']} input; per task {meta['train_samples']} training images and "
              f"a fixed held-out test split of {meta['eval_samples']}; {meta['epochs']} epochs, batch "
              f"{meta['batch_size']}; learning rate: {meta['lr_choice']}. Timing: {meta['timing']}.", "",
              "Where the runs ran: " + ", ".join(f"{n} runs on {d}" for d, n in meta["run_devices"].items())
-             + " (accuracy does not depend on where a run ran beyond the device's arithmetic: see the check "
-             "below); the timing phase always runs on two CPU cores.", "",
+             + " (the GPU run's command and versions: `gpu-run.log`; accuracy does not depend on where a run "
+             "ran beyond the device's arithmetic: see the check below); the timing phase always runs on two CPU "
+             "cores.", "",
              f"**{progress_text(results)}**", "",
              "Suite mean: per seed, the mean over the tasks; then mean ± sd over seeds. The last column is the "
              + (f"paired difference to **{ref}** (the best parameter-efficient configuration that keeps every "
