@@ -182,8 +182,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"a fixed held-out test split of {meta['eval_samples']}; {meta['epochs']} epochs, batch "
              f"{meta['batch_size']}; learning rate: {meta['lr_choice']}. Timing: {meta['timing']}.", "",
              "Where the runs ran: " + ", ".join(f"{n} runs on {d}" for d, n in meta["run_devices"].items())
-             + " (the GPU run's command and versions: `gpu-run.log`; accuracy does not depend on where a run "
-             "ran beyond the device's arithmetic: see the check below); the timing phase always runs on two CPU "
+             + " (the GPU run's command and versions: `gpu-run.log`; the same runs on the GPU and on the CPU "
+             "agree within the seed noise: see the check below); the timing phase always runs on two CPU "
              "cores.", "",
              f"**{progress_text(results)}**", "",
              "Suite mean: per seed, the mean over the tasks; then mean ± sd over seeds. The last column is the "
