@@ -33,8 +33,8 @@ def test_units_of_a_stage_share_nothing_and_sources_come_first(configs):
     for task, name in second:
         for source in sources(name):
             assert (task, source) in first, (task, name, source)
-    # a first-stage unit trains only its own folders: no other unit of that stage names it as a source
-    assert {n for _, n in first}.isdisjoint({s for _, n in first for s in sources(n)})
+    # a source never waits in the second stage, where a unit that needs it could train it at once
+    assert {(t, s) for t, n in second for s in sources(n)}.isdisjoint(second)
 
 
 def test_every_configuration_and_task_is_planned_once():
@@ -42,6 +42,12 @@ def test_every_configuration_and_task_is_planned_once():
     planned = sorted(first + second)
     expected = sorted((t, n) for n in suite.CONFIGS for t in suite.TASKS if t in suite.ONLY_TASKS.get(n, suite.TASKS))
     assert planned == expected
+
+
+def test_abbreviated_options_are_refused_so_that_a_unit_never_inherits_the_parents_jobs(capsys):
+    with pytest.raises(SystemExit):
+        suite.main(["--weights", "w", "--tasks-root", "t", "--runs", "r", "--job", "13", "--phases", "none"])
+    assert "unrecognized arguments: --job" in capsys.readouterr().err
 
 
 def test_a_unit_is_the_same_command_with_its_own_task_configuration_and_phase():

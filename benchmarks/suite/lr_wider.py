@@ -70,13 +70,19 @@ def main() -> int:
 
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         base = suite.strip_options(sys.argv[1:], ("--jobs",))
-        running: list[subprocess.Popen] = []
-        for unit in units:
-            while len(running) >= args.jobs:
-                running.pop(0).wait()
-            running.append(subprocess.Popen([sys.executable, __file__, *base, "--unit", unit], env=env))
-        for proc in running:
-            proc.wait()
+        running: list[tuple[str, subprocess.Popen]] = []
+        failed = []
+        for unit in units + [None] * args.jobs:  # (the Nones drain the last ones)
+            while running and (len(running) >= args.jobs or unit is None):
+                name, proc = running.pop(0)
+                if proc.wait():
+                    failed.append(name)
+                if unit is None:
+                    break
+            if unit is not None:
+                running.append((unit, subprocess.Popen([sys.executable, __file__, *base, "--unit", unit], env=env)))
+        if failed:
+            raise SystemExit(f"{len(failed)} units failed: {failed}")
     else:
         for unit in units:
             train(args, *unit.split("/", 1))

@@ -159,14 +159,17 @@ def train_cell(args: argparse.Namespace, cell: Path, run: Path, cfg: Any) -> dic
         import shutil
 
         shutil.rmtree(run)
+    device = device_name()
     if is_run_folder(run) and not (run / "results.json").is_file():
         results = train_run(resume_config(run), run, resume=True, log=lambda line: None)
-    elif (run / "results.json").is_file():
+    elif (run / "results.json").is_file():  # finished earlier, maybe elsewhere: where is not known here
         results = json.loads((run / "results.json").read_text())
+        device = "unknown (an earlier run's results)"
     else:
         results = train_run(cfg, run, log=lambda line: None)
     record = {"top1": results["final"]["top1"], "images": results["final"]["images"], "lr": cfg.train.lr,
-              "seed": cfg.train.seed, "wall_s": round(time.perf_counter() - start, 1), "device": device_name()}
+              "seed": cfg.train.seed, "wall_s": round(time.perf_counter() - start, 1),
+              "device": device}
     cell.parent.mkdir(parents=True, exist_ok=True)
     cell.write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -192,18 +195,25 @@ def source_run(args: argparse.Namespace, task: str, source: str, seed: int) -> t
     """The trained run of configuration ``source`` at ``seed`` (a teacher, or a run evaluated
     otherwise), trained again where its scratch folder is gone: the same seed trains the same
     model up to the device's arithmetic. Returns it and the top-1 of a retraining (None if none)."""
+    import fcntl
+
     run = args.runs / task / source / f"seed{seed}"
-    if (run / "trainable.safetensors").is_file():
-        return run, None
-    cfg = run_config(args, source, task, seed, chosen_lr(args, task, source))
-    source_cell = args.cells / task / source / f"seed{seed}.json"
-    kept = source_cell.read_text() if source_cell.is_file() else None
-    source_cell.unlink(missing_ok=True)  # trained again here: the recorded result stays, the new one is noted
-    try:
-        return run, train_cell(args, source_cell, run, cfg)["top1"]
-    finally:  # an interrupted retraining must not lose the recorded cell
-        if kept is not None:
-            source_cell.write_text(kept)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    # --jobs: several units may need the same source run (a teacher, runs evaluated otherwise); one
+    # trains it, the others wait for it and read it
+    with open(run.parent / f"seed{seed}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (run / "trainable.safetensors").is_file():
+            return run, None
+        cfg = run_config(args, source, task, seed, chosen_lr(args, task, source))
+        source_cell = args.cells / task / source / f"seed{seed}.json"
+        kept = source_cell.read_text() if source_cell.is_file() else None
+        source_cell.unlink(missing_ok=True)  # trained again here: the recorded result stays, the new one is noted
+        try:
+            return run, train_cell(args, source_cell, run, cfg)["top1"]
+        finally:  # an interrupted retraining must not lose the recorded cell
+            if kept is not None:
+                source_cell.write_text(kept)
 
 
 def evaluate_cell(args: argparse.Namespace, task: str, name: str, seed: int, lr: float) -> dict[str, Any]:
@@ -285,7 +295,7 @@ def phase_runs_parallel(args: argparse.Namespace, argv: list[str]) -> None:
                 task, name = pending.pop(0)
                 log = open(logs / f"{task}.{name}.log", "a")
                 command = [sys.executable, str(Path(__file__).resolve()), *base, "--tasks", task, "--configs", name,
-                           "--phases", "runs"]
+                           "--phases", "runs", "--jobs", "1"]  # (last: whatever spelling the parent's had)
                 running.append(((task, name), subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log))
             time.sleep(1)
             for item in [r for r in running if r[1].poll() is not None]:
@@ -295,8 +305,8 @@ def phase_runs_parallel(args: argparse.Namespace, argv: list[str]) -> None:
                 print(f"        {item[0][0]} {item[0][1]}: {status}", flush=True)
                 if item[1].returncode:
                     failed.append(item[0])
-    if failed:
-        raise SystemExit(f"{len(failed)} units failed: {failed}")
+        if failed:  # a later stage reads this one's learning rates and runs: it would train them twice at once
+            raise SystemExit(f"{len(failed)} units of stage {number} failed: {failed}; the next stage did not start")
 
 
 def strip_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
@@ -380,16 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     from report import phase_report
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     add_arguments(p)
     args = p.parse_args(argv)
     unknown = sorted(set(args.configs) - set(CONFIGS)) + sorted(set(args.tasks) - set(TASKS))
     if unknown:
         p.error(f"unknown configuration or task {unknown[0]!r}")
     if args.quick:  # everything under --runs: a smoke test never touches the committed cells
-        if "--tasks" not in argv:  # (a --jobs unit names its own)
+        given = lambda name: any(a == name or a.startswith(name + "=") for a in argv)
+        if not given("--tasks"):  # (a --jobs unit names its own)
             args.tasks = args.tasks[:1]
-        if "--configs" not in argv:
+        if not given("--configs"):
             args.configs = ["sparse-tuning+class-attention@0.7", "lora", "sparse-tuning+class-attention@0.7+self-distill",
                             "lora+class-attention@0.7+dense-trained"]
         args.epochs, args.train_samples, args.seeds, args.seeds_five, args.rounds = 1, 64, 1, 2, 1
