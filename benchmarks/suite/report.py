@@ -182,9 +182,10 @@ def markdown(results: dict[str, Any]) -> str:
              f"a fixed held-out test split of {meta['eval_samples']}; {meta['epochs']} epochs, batch "
              f"{meta['batch_size']}; learning rate: {meta['lr_choice']}. Timing: {meta['timing']}.", "",
              "Where the runs ran: " + ", ".join(f"{n} runs on {d}" for d, n in meta["run_devices"].items())
-             + " (the GPU run's command and versions: `gpu-run.log`; the same runs on the GPU and on the CPU "
-             "agree within the seed noise: see the check below); the timing phase always runs on two CPU "
-             "cores.", "",
+             + " (a GPU run's command and versions: `gpu-run.log`)" + (
+                 f"; the same seed runs on the GPU and on the CPU: {results['device_check']['verdict']} "
+                 "(see the check below)" if results.get("device_check") else "")
+             + "; the timing phase always runs on two CPU cores.", "",
              f"**{progress_text(results)}**", "",
              "Suite mean: per seed, the mean over the tasks; then mean ± sd over seeds. The last column is the "
              + (f"paired difference to **{ref}** (the best parameter-efficient configuration that keeps every "
@@ -233,8 +234,8 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{r['verdict']} | {cost(name):.1f} vs {cost(r['modifies']):.1f} |")
     check = results.get("device_check")
     if check:
-        lines += ["", f"The same runs on two CPU cores and on the GPU ({check['runs']} seed runs that chose the same "
-                  "learning rate on both): the GPU's top-1 differs by "
+        lines += ["", f"The same runs on two CPU cores and on the GPU ({check['runs']} seed runs with the same "
+                  "learning rate on both; the learning-rate runs are not compared): the GPU's top-1 differs by "
                   f"{check['mean_difference']:+.2f} ± {check['sd']:.2f} points on average (paired t-test: "
                   f"{check['verdict']}), at most {check['max_abs_difference']:.2f} in one run. The CPU cells are in "
                   "`cells-cpu/`."]
