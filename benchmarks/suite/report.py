@@ -267,10 +267,10 @@ def plot_frontier(results: dict[str, Any], path: Path) -> None:
         sd = s["top1_sd"] if math.isfinite(s["top1_sd"]) else 0
         ax.errorbar(x, s["top1_mean"], yerr=sd, fmt="o" if dense else "^", capsize=4,
                     color="tab:blue" if dense else "tab:orange", markersize=7)
-        points.append((x, s["top1_mean"], name))
+        points.append((x, s["top1_mean"], dense, name))
     short = lambda name: name.replace("sparse-tuning", "ST").replace("class-attention", "CA")
-    for (x, y, name), label_y in zip(points, spread_labels(points, near=15)):
-        ax.annotate(short(name), (x, y), xytext=(x + 1.5, label_y), fontsize=7, va="center",
+    for (x, y, _, name), place in zip(points, spread_labels(points)):
+        ax.annotate(short(name), (x, y), xytext=place, fontsize=7, va="center",
                     arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
     ax.margins(x=0.35)  # room for the labels
     ax.errorbar([], [], fmt="o", color="tab:blue", label="keeps every token")
@@ -286,22 +286,20 @@ def plot_frontier(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def spread_labels(points: list[tuple[float, float, str]], near: float) -> list[float]:
-    """A label height per point: points within ``near`` images/s of each other share a column of
-    labels, kept apart by a fifteenth of the accuracy range, each as close to its point as that allows."""
-    ys = [y for _, y, _ in points]
+def spread_labels(points: list[tuple[float, float, bool, str]]) -> list[tuple[float, float]]:
+    """A label position per point: the labels of each kind (every token, reduced) in one column to
+    the right of that kind's points, in the order of their points' accuracy, kept a fifteenth of
+    the accuracy range apart: leader lines then do not cross within a column."""
+    ys = [y for _, y, _, _ in points]
     gap = (max(ys) - min(ys)) / 15 or 0.2
-    heights = list(ys)
-    order = sorted(range(len(points)), key=lambda i: points[i][0])
-    columns, column = [], []
-    for i in order:
-        if column and points[i][0] - points[column[0]][0] > near:
-            columns.append(column)
-            column = []
-        column.append(i)
-    columns.append(column)
-    for column in columns:
-        column.sort(key=lambda i: -ys[i])
-        for above, i in zip(column, column[1:]):
-            heights[i] = min(heights[i], heights[above] - gap)
-    return heights
+    places: list[tuple[float, float]] = [(0.0, 0.0)] * len(points)
+    for kind in (True, False):
+        members = sorted((i for i, p in enumerate(points) if p[2] == kind), key=lambda i: -ys[i])
+        if not members:
+            continue
+        column = max(points[i][0] for i in members) + 3
+        height = float("inf")
+        for i in members:
+            height = min(ys[i], height - gap)
+            places[i] = (column, height)
+    return places
