@@ -274,3 +274,26 @@ def test_readme_vit_b_and_int8_accuracy_figures_are_in_the_benchmark_files():
     assert f"dynamic int8 {dynamic:.2f}% ({dynamic - run:+.2f} points), static int8 {static:.2f}% " \
            f"({static - run:+.2f})" in readme
     assert run - dynamic <= 0.5 < run - static  # why dynamic is what --quantize int8 means
+
+
+def test_deploy_notes_figures_are_in_the_benchmark_files():
+    """benchmarks/deploy/README.md: each goal's figures from the bench and accuracy files."""
+    notes = flat((ROOT / "benchmarks" / "deploy" / "README.md").read_text())
+
+    def rows(folder):
+        rows = json.loads((ROOT / "benchmarks" / "deploy" / folder / "bench.json").read_text())["rows"]
+        return {(r["method"], r["engine"], r["batch_size"]): r for r in rows}
+
+    b, d = rows("vit_b16"), rows("dinov2_s14")
+    x = lambda by, batch: by[("sparse-tuning", "onnxruntime-int8", batch)]["throughput_vs_dense_torch"]
+    assert f"({x(b, 1):.2f}x at batch 1, {x(b, 32):.2f}x at batch 32)" in notes
+    assert f"met at batch 32 ({x(d, 32):.2f}x) and batch 8 ({x(d, 8):.2f}x), not at batch 1 ({x(d, 1):.2f}x)" in notes
+    ms = lambda engine: d[("sparse-tuning", engine, 1)]["latency_p50_ms"]
+    assert f"({ms('onnxruntime-int8'):.1f} against {ms('onnxruntime'):.1f} ms a batch)" in notes
+    top1 = json.loads((ROOT / "benchmarks" / "deploy" / "accuracy.json").read_text())["top1"]
+    run, ort = top1["pytorch fp32 (the run)"], top1["onnxruntime fp32"]
+    dynamic, static = top1["onnxruntime int8 (dynamic)"], top1["onnxruntime int8-static"]
+    assert f"{run - dynamic:.2f} points under the fp32 run ({dynamic:.2f}% against {run:.2f}%)" in notes
+    assert f"int8-static is {run - static:.2f} under" in notes
+    assert f"({ort:.2f}%) the drops are {ort - dynamic:.2f} and {ort - static:.2f} points" in notes
+    assert f"the difference is {round((run - dynamic) * 20)} and {round((run - static) * 20)} images of 2,000" in notes
