@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ FACTOR = 10.0
 
 
 def train(args: argparse.Namespace, task: str, name: str) -> None:
-    lr = float(f"{suite.default_lr(name) * FACTOR:.3g}")
+    lr = suite.lr_of(name, FACTOR)
     cfg = suite.run_config(args, name, task, 0, lr, split="-lr")
     suite.train_cell(args, HERE / "lr-wider" / task / name / f"lr-{lr:g}.json",
                      args.runs / task / name / f"lr-{lr:g}", cfg)
@@ -43,20 +42,21 @@ def report() -> str:
              f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, two CPU cores (two runs of one thread at a time), "
              f"torch {torch.__version__}; the protocol of suite.py.", "",
              "Validation top-1 (%) on each task's 200 validation images after training on its 800 (seed 0); the "
-             "first three columns are the suite's grid (`cells/`), the last is 10x the default (`lr-wider/`).", "",
+             "first three columns are the suite's grid (`cells/`, trained where its cells say: the GPU), the last is 10x "
+             "the default (`lr-wider/`, trained here). One seed on 200 images: a point is two images, and the two "
+             "devices' runs at the same rate differ by up to 4 points (`cells-cpu/`).", "",
              "| configuration | task | 1/3x | 1x | 3x | 10x |", "|---|---|---:|---:|---:|---:|"]
     for name in NAMES:
         for task in suite.TASKS:
-            base = suite.default_lr(name)
-            cells = [HERE / "cells" / task / name / f"lr-{float(f'{base * f:.3g}'):g}.json" for f in suite.LR_FACTORS]
-            cells.append(HERE / "lr-wider" / task / name / f"lr-{float(f'{base * FACTOR:.3g}'):g}.json")
+            cells = [HERE / "cells" / task / name / f"lr-{suite.lr_of(name, f):g}.json" for f in suite.LR_FACTORS]
+            cells.append(HERE / "lr-wider" / task / name / f"lr-{suite.lr_of(name, FACTOR):g}.json")
             top1 = [f"{json.loads(c.read_text())['top1']:.1f}" if c.is_file() else "—" for c in cells]
             lines.append(f"| {name} | {task} | " + " | ".join(top1) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     suite.add_arguments(p)
     p.add_argument("--unit", help=argparse.SUPPRESS)  # TASK/NAME: one unit, for --jobs
     args = p.parse_args()
@@ -66,21 +66,9 @@ def main() -> int:
         train(args, *args.unit.split("/", 1))
         return 0
     if args.jobs > 1:  # one process of one thread per unit, --jobs at a time
-        import os
-
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        base = suite.strip_options(sys.argv[1:], ("--jobs",))
-        running: list[tuple[str, subprocess.Popen]] = []
-        failed = []
-        for unit in units + [None] * args.jobs:  # (the Nones drain the last ones)
-            while running and (len(running) >= args.jobs or unit is None):
-                name, proc = running.pop(0)
-                if proc.wait():
-                    failed.append(name)
-                if unit is None:
-                    break
-            if unit is not None:
-                running.append((unit, subprocess.Popen([sys.executable, __file__, *base, "--unit", unit], env=env)))
+        base = [sys.executable, __file__, *suite.strip_options(sys.argv[1:], ("--jobs",))]
+        failed = suite.run_processes({unit.replace("/", "."): [*base, "--unit", unit] for unit in units}, args.jobs,
+                                     args.runs / "logs-lr-wider")
         if failed:
             raise SystemExit(f"{len(failed)} units failed: {failed}")
     else:

@@ -79,13 +79,10 @@ def compare_to_reference(suite: dict[str, Any], tasks: dict[str, Any], batch: in
     ref = max(dense, key=lambda n: suite[n]["top1_mean"])
     speed = lambda n: next(iter(tasks.values()))["methods"][n]["infer_images_per_s"]
     for name, s in suite.items():
-        common = [x for x in s["seeds"] if x in suite[ref]["seeds"]]
-        if name == ref or len(common) < 2:
-            continue
-        mine = [s["per_seed"][s["seeds"].index(x)] for x in common]
-        theirs = [suite[ref]["per_seed"][suite[ref]["seeds"].index(x)] for x in common]
-        s["vs_reference"] = {"reference": ref, "seeds": common, **compare.paired_verdict(mine, theirs),
-                             "throughput_ratio": speed(name)[str(batch)] / speed(ref)[str(batch)]}
+        verdict = paired(suite, name, ref) if name != ref else None
+        if verdict:
+            s["vs_reference"] = {"reference": ref, **verdict,
+                                 "throughput_ratio": speed(name)[str(batch)] / speed(ref)[str(batch)]}
     return ref
 
 

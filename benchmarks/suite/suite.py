@@ -234,18 +234,23 @@ def evaluate_cell(args: argparse.Namespace, task: str, name: str, seed: int, lr:
     return record
 
 
+def lr_of(name: str, factor: float) -> float:
+    """``factor`` times the method's default rate, to three digits (as the cells are named)."""
+    return float(f"{default_lr(name) * factor:.3g}")
+
+
 def chosen_lr(args: argparse.Namespace, task: str, name: str) -> float:
     """The learning rate of a cell: three values on train800 / val200, seed 0; the best val top-1."""
     source = SAME_LR_AS.get(name, name)
     base = default_lr(source)
     tried = {}
     for factor in LR_FACTORS:
-        lr = float(f"{base * factor:.3g}")
+        lr = lr_of(source, factor)
         cfg = run_config(args, source, task, 0, lr, split="-lr")
         cell = args.cells / task / source / f"lr-{lr:g}.json"
         tried[lr] = train_cell(args, cell, args.runs / task / source / f"lr-{lr:g}", cfg)["top1"]
     best = max(tried.values())
-    return base if tried[float(f"{base:.3g}")] == best else max(tried, key=lambda lr: (tried[lr], -lr))
+    return base if tried[lr_of(source, 1.0)] == best else max(tried, key=lambda lr: (tried[lr], -lr))
 
 
 def seeds_of(args: argparse.Namespace, name: str) -> list[int]:
@@ -276,35 +281,41 @@ def stages(args: argparse.Namespace) -> list[list[tuple[str, str]]]:
     return [first, second]
 
 
+def run_processes(commands: dict[str, list[str]], jobs: int, logs: Path) -> list[str]:
+    """Each command (label -> argv) in a process of one thread, ``jobs`` at a time, its output to
+    LOGS/LABEL.log; prints each as it ends and returns the labels that failed."""
+    import os
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def run(label: str) -> int:
+        with open(logs / f"{label}.log", "a") as log:
+            return subprocess.run(commands[label], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+
+    failed = []
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(run, label): label for label in commands}
+        for future in as_completed(futures):
+            code = future.result()
+            print(f"        {futures[future]}: " + ("done" if code == 0 else f"FAILED ({code}; see its log)"), flush=True)
+            if code:
+                failed.append(futures[future])
+    return failed
+
+
 def phase_runs_parallel(args: argparse.Namespace, argv: list[str]) -> None:
     """--jobs N: N processes of this script at a time, one unit (task, configuration) each, every
     process one thread (a GPU is shared by them); each unit's output goes to RUNS/logs/."""
-    import os
-    import subprocess
-
-    logs = args.runs / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    base = strip_options(argv, ("--tasks", "--configs", "--phases", "--jobs"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    failed = []
+    base = [sys.executable, str(Path(__file__).resolve()), *strip_options(argv, ("--tasks", "--configs", "--phases",
+                                                                                  "--jobs"))]
     for number, stage in enumerate(stages(args), 1):
-        pending, running = list(stage), []
         print(f"[runs] stage {number}: {len(stage)} units, {args.jobs} at a time", flush=True)
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                task, name = pending.pop(0)
-                log = open(logs / f"{task}.{name}.log", "a")
-                command = [sys.executable, str(Path(__file__).resolve()), *base, "--tasks", task, "--configs", name,
-                           "--phases", "runs", "--jobs", "1"]  # (last: whatever spelling the parent's had)
-                running.append(((task, name), subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-            time.sleep(1)
-            for item in [r for r in running if r[1].poll() is not None]:
-                running.remove(item)
-                item[2].close()
-                status = "done" if item[1].returncode == 0 else f"FAILED ({item[1].returncode}; see its log)"
-                print(f"        {item[0][0]} {item[0][1]}: {status}", flush=True)
-                if item[1].returncode:
-                    failed.append(item[0])
+        failed = run_processes({f"{task}.{name}": [*base, "--tasks", task, "--configs", name, "--phases", "runs",
+                                                   "--jobs", "1"] for task, name in stage},  # (whatever the parent's spelling)
+                               args.jobs, args.runs / "logs")
         if failed:  # a later stage reads this one's learning rates and runs: it would train them twice at once
             raise SystemExit(f"{len(failed)} units of stage {number} failed: {failed}; the next stage did not start")
 
